@@ -1,0 +1,216 @@
+//! The admin API, on its own listener (never the proxy port).
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/health/live` | 200 while the process runs |
+//! | GET | `/health/ready` | 200 when every routed pool has a healthy backend, else 503 and the reason |
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/api/v1/servers` | live state of every backend |
+//! | GET | `/api/v1/config` | effective configuration, version, hash, last reload |
+//! | POST | `/api/v1/reload` | re-read both files: 200 applied, 422 rejected (with the errors) |
+//!
+//! Mutating calls need `Authorization: Bearer <token>` when a token is configured.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::clock;
+use crate::control::{self, Trigger};
+use crate::metrics::metrics;
+use crate::state::Shared;
+use crate::upstream::Health;
+
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = r.body().len().to_string().parse() {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &impl Serialize) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    respond(status, "application/json", body)
+}
+
+/// One row of `/api/v1/servers`.
+#[derive(Serialize)]
+struct ServerRow {
+    pool: String,
+    id: String,
+    address: String,
+    weight: u32,
+    healthy: bool,
+    health: Health,
+    ejected: bool,
+    ejected_for_ms: u64,
+    inflight: u32,
+    /// Peak-EWMA response-header latency in ms, decayed to now; null before the first response.
+    ewma_latency_ms: Option<f64>,
+    error_rate: f64,
+    requests: u64,
+    /// Latest learned-model score; null until a pool uses the `ml` strategy.
+    ml_score: Option<f64>,
+    strategy: String,
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
+fn token_matches(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+impl Admin {
+    fn authorized(&self, s: &ServerSession) -> bool {
+        let Some(token) = &self.shared.admin_token else {
+            return true;
+        };
+        s.req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|t| token_matches(t, token.as_bytes()))
+    }
+
+    fn ready(&self) -> Response<Vec<u8>> {
+        let upstreams = self.shared.upstreams.load();
+        let down: Vec<String> = upstreams
+            .routed_pools()
+            .iter()
+            .filter(|p| !p.has_healthy())
+            .map(|p| p.name.to_string())
+            .collect();
+        if down.is_empty() {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": format!("no healthy backend in pool(s): {}", down.join(", ")), "pools": down}),
+            )
+        }
+    }
+
+    fn servers(&self) -> Response<Vec<u8>> {
+        let upstreams = self.shared.upstreams.load();
+        let now = clock::now_ns();
+        let mut names: Vec<&String> = upstreams.pools.keys().collect();
+        names.sort();
+        let mut rows = Vec::new();
+        for name in names {
+            let pool = &upstreams.pools[name];
+            let params = **pool.shared.params.load();
+            for s in &pool.members().list {
+                let est = s.load.latency_estimate_ns(now, params.decay_ns);
+                rows.push(ServerRow {
+                    pool: name.clone(),
+                    id: s.id().to_string(),
+                    address: s.addr.to_string(),
+                    weight: s.weight(),
+                    healthy: s.is_healthy(),
+                    health: s.health(),
+                    ejected: s.is_ejected(now),
+                    ejected_for_ms: s.ejected_for_ms(now),
+                    inflight: s.load.inflight(),
+                    ewma_latency_ms: (est > 0.0).then_some(est / 1e6),
+                    error_rate: s.error_rate(),
+                    requests: s.requests(),
+                    ml_score: None,
+                    strategy: params.kind.to_string(),
+                });
+            }
+        }
+        json_response(StatusCode::OK, &rows)
+    }
+
+    fn config(&self) -> Response<Vec<u8>> {
+        let c = self.shared.config.load();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "version": c.version,
+                "hash": c.loaded.hash,
+                "main_file": c.loaded.main_path.display().to_string(),
+                "upstreams_file": c.loaded.main.upstreams_file.display().to_string(),
+                "main": c.loaded.main,
+                "upstreams": c.loaded.upstreams,
+                "last_reload": c.last_reload,
+            }),
+        )
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match control::reload_async(self.shared.clone(), Trigger::Api).await {
+            Ok(a) => json_response(
+                StatusCode::OK,
+                &json!({"result": "applied", "version": a.version, "hash": a.hash, "restart_required": a.restart_required}),
+            ),
+            Err(errors) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"result": "rejected", "errors": errors, "messages": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        // Drain any request body so the connection stays reusable.
+        while let Ok(Some(_)) = s.read_request_body().await {}
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        match (method, path.as_str()) {
+            (Method::GET, "/health/live") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            (Method::GET, "/health/ready") => self.ready(),
+            (Method::GET, "/metrics") => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics().render(&self.shared.upstreams.load()).into_bytes(),
+            ),
+            (Method::GET, "/api/v1/servers") => self.servers(),
+            (Method::GET, "/api/v1/config") => self.config(),
+            (Method::POST, "/api/v1/reload") => {
+                if self.authorized(s) {
+                    self.reload().await
+                } else {
+                    json_response(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"}))
+                }
+            }
+            (_, "/health/live" | "/health/ready" | "/metrics" | "/api/v1/servers" | "/api/v1/config" | "/api/v1/reload") => {
+                json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
+            }
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secreT", b"secret"));
+        assert!(!token_matches(b"secret1", b"secret"));
+    }
+}

@@ -1,0 +1,247 @@
+//! Typed configuration: `neurabalancer.yaml` (process settings, read at start) and the
+//! upstreams file it names (pools and routes, hot-reloaded).
+//!
+//! Both are parsed with `deny_unknown_fields`, so a typo is an error, not a silent default.
+//! Defaults are the named constants below; every error carries file, line and key.
+
+mod error;
+mod lines;
+pub mod upstreams;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use upstreams::{HealthCheckConfig, OutlierConfig, PoolConfig, RouteConfig, ServerConfig, UpstreamsConfig};
+
+use crate::strategy::StrategyKind;
+use error::{file_error, yaml_error, Collector};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8090";
+pub const DEFAULT_TOKEN_ENV: &str = "NEURABALANCER_ADMIN_TOKEN";
+pub const DEFAULT_THREADS: usize = 2;
+pub const DEFAULT_ML_ENDPOINT: &str = "http://127.0.0.1:8081";
+pub const DEFAULT_ML_REFRESH_MS: u64 = 100;
+pub const DEFAULT_ML_TIMEOUT_MS: u64 = 50;
+pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
+/// Containers get ~30 s between SIGTERM and SIGKILL; drain well inside that.
+pub const DEFAULT_GRACE_PERIOD_S: u64 = 20;
+pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
+
+/// `neurabalancer.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    pub listen: SocketAddr,
+    /// Relative to the directory of the main file.
+    pub upstreams_file: PathBuf,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default)]
+    pub ml: MlConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Name of the environment variable that holds the bearer token for mutating calls.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: parse_const_addr(DEFAULT_ADMIN_LISTEN),
+            token_env: DEFAULT_TOKEN_ENV.to_string(),
+        }
+    }
+}
+
+/// Settings of the learned strategy; validated now so that files written for it stay valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlConfig {
+    pub endpoint: String,
+    pub refresh_ms: u64,
+    pub timeout_ms: u64,
+    pub fallback: StrategyKind,
+}
+
+impl Default for MlConfig {
+    fn default() -> Self {
+        MlConfig {
+            endpoint: DEFAULT_ML_ENDPOINT.to_string(),
+            refresh_ms: DEFAULT_ML_REFRESH_MS,
+            timeout_ms: DEFAULT_ML_TIMEOUT_MS,
+            fallback: StrategyKind::P2cEwma,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub database_url_env: String,
+    pub request_log_file: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            database_url_env: DEFAULT_DATABASE_URL_ENV.to_string(),
+            request_log_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Pingora's own server settings, with container-friendly defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// After SIGTERM: stop accepting, then wait at most this long for in-flight requests.
+    pub grace_period_s: u64,
+    /// Idle upstream connections kept per process.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            grace_period_s: DEFAULT_GRACE_PERIOD_S,
+            upstream_keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    DEFAULT_THREADS
+}
+
+fn parse_const_addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8090)))
+}
+
+impl ServerSettings {
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(self.grace_period_s)
+    }
+}
+
+impl MainConfig {
+    /// Parses and validates the main file; `upstreams_file` is resolved against `base_dir`.
+    pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<Self, ConfigErrors> {
+        let mut cfg: MainConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        if cfg.upstreams_file.is_relative() {
+            cfg.upstreams_file = base_dir.join(&cfg.upstreams_file);
+        }
+        let mut c = Collector::new(file, text);
+        if cfg.threads == 0 || cfg.threads > 256 {
+            c.err("threads", "must be 1..=256");
+        }
+        if cfg.admin.listen == cfg.listen {
+            c.err("admin.listen", "must differ from `listen`: the admin API never shares the proxy port");
+        }
+        if cfg.ml.refresh_ms == 0 {
+            c.err("ml.refresh_ms", "must be positive");
+        }
+        if cfg.ml.timeout_ms == 0 {
+            c.err("ml.timeout_ms", "must be positive");
+        }
+        if !(cfg.ml.endpoint.starts_with("http://") || cfg.ml.endpoint.starts_with("https://")) {
+            c.err("ml.endpoint", "must be an http:// or https:// URL");
+        }
+        if cfg.server.grace_period_s == 0 {
+            c.err("server.grace_period_s", "must be at least 1");
+        }
+        c.finish(cfg)
+    }
+}
+
+/// Both files, loaded and validated together, with their raw text's digest.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub main_path: PathBuf,
+    pub main: MainConfig,
+    pub upstreams: UpstreamsConfig,
+    /// sha256 over both files' bytes: the config version shown by the admin API.
+    pub hash: String,
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| file_error(&path.display().to_string(), format!("cannot read: {e}")))
+}
+
+/// Reads both files. Errors of the main file stop there (the upstreams path may be wrong);
+/// otherwise every error of the upstreams file is returned.
+pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    use sha2::{Digest, Sha256};
+    let main_text = read(main_path)?;
+    let base = main_path.parent().unwrap_or(Path::new("."));
+    let main_name = main_path.display().to_string();
+    let main = MainConfig::parse(&main_name, &main_text, base)?;
+    let up_text = read(&main.upstreams_file)?;
+    let upstreams = UpstreamsConfig::parse(&main.upstreams_file.display().to_string(), &up_text)?;
+    let mut h = Sha256::new();
+    h.update(main_text.as_bytes());
+    h.update([0u8]);
+    h.update(up_text.as_bytes());
+    let hash = hex::encode(&h.finalize()[..8]);
+    Ok(LoadedConfig {
+        main_path: main_path.to_path_buf(),
+        main,
+        upstreams,
+        hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_main_file_gets_defaults() {
+        let c = MainConfig::parse("m.yaml", "listen: 0.0.0.0:8080\nupstreams_file: up.yaml\n", Path::new("/etc/nb")).expect("valid");
+        assert_eq!(c.threads, DEFAULT_THREADS);
+        assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.upstreams_file, Path::new("/etc/nb/up.yaml"));
+        assert_eq!(c.ml.fallback, StrategyKind::P2cEwma);
+        assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_errors_with_lines() {
+        let e = MainConfig::parse("m.yaml", "listen: 0.0.0.0:8080\nupstreams_file: u\nthreds: 4\n", Path::new(".")).expect_err("unknown key");
+        assert!(e.to_string().starts_with("m.yaml:3:"), "{e}");
+        assert!(e.to_string().contains("threds"), "{e}");
+        let e = MainConfig::parse("m.yaml", "listen: nope\nupstreams_file: u\n", Path::new(".")).expect_err("bad addr");
+        assert!(e.to_string().starts_with("m.yaml:1:"), "{e}");
+    }
+}

@@ -1,0 +1,383 @@
+//! `upstreams.yaml`: pools of servers, their strategy and health checks, and the routes that
+//! lead to them. Hot-reloaded; a file that fails any check is rejected whole.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{yaml_error, Collector, ConfigErrors};
+use crate::strategy::StrategyKind;
+
+pub const DEFAULT_STRATEGY: StrategyKind = StrategyKind::P2cEwma;
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 1000;
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+pub const DEFAULT_EWMA_DECAY_MS: u64 = 10_000;
+pub const DEFAULT_HC_PATH: &str = "/health";
+pub const DEFAULT_HC_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_HC_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_HC_RISE: u32 = 2;
+pub const DEFAULT_HC_FALL: u32 = 2;
+pub const MIN_HC_INTERVAL_MS: u64 = 50;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+pub const DEFAULT_CONSECUTIVE_CONNECT_FAILURES: u32 = 1;
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 1_000;
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 30_000;
+
+/// The whole upstreams file, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsConfig {
+    pub pools: BTreeMap<String, PoolConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_strategy")]
+    pub strategy: StrategyKind,
+    /// Active HTTP checks; absent means servers are trusted until passive checks eject them.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier_detection: OutlierConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// Extra attempts on another server after a connect failure (or, for idempotent
+    /// requests, a reset before any response byte).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Decay time of the peak-EWMA latency estimate used by `p2c_ewma`.
+    #[serde(default = "default_ewma_decay_ms")]
+    pub ewma_decay_ms: u64,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub id: String,
+    /// `ip:port` or `host:port`; host names are resolved when the file is loaded.
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The resolved address, filled in by validation.
+    #[serde(skip_deserializing, default = "unspecified_addr")]
+    pub resolved: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    #[serde(default = "default_hc_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_hc_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive passes that make an unhealthy server healthy.
+    #[serde(default = "default_hc_rise")]
+    pub rise: u32,
+    /// Consecutive failures that make a healthy server unhealthy.
+    #[serde(default = "default_hc_fall")]
+    pub fall: u32,
+    /// `Host` header of the check request; the server's address when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// Passive checks: failures seen on real traffic eject a server for a back-off period that
+/// doubles with each consecutive ejection (Envoy's outlier detection, nginx's `max_fails`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    pub consecutive_5xx: u32,
+    pub consecutive_connect_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_5xx: DEFAULT_CONSECUTIVE_5XX,
+            consecutive_connect_failures: DEFAULT_CONSECUTIVE_CONNECT_FAILURES,
+            base_ejection_ms: DEFAULT_BASE_EJECTION_MS,
+            max_ejection_ms: DEFAULT_MAX_EJECTION_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    pub connect_ms: u64,
+    /// Longest wait for the next bytes of the response.
+    pub read_ms: u64,
+    pub write_ms: u64,
+    /// How long an idle upstream keep-alive connection stays in the pool.
+    pub idle_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            read_ms: DEFAULT_READ_TIMEOUT_MS,
+            write_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            idle_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `*`, an exact host name, or `*.example.com`.
+    #[serde(default = "default_route_host")]
+    pub host: String,
+    #[serde(default = "default_route_prefix")]
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+fn default_strategy() -> StrategyKind {
+    DEFAULT_STRATEGY
+}
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+fn default_ewma_decay_ms() -> u64 {
+    DEFAULT_EWMA_DECAY_MS
+}
+fn default_hc_path() -> String {
+    DEFAULT_HC_PATH.to_string()
+}
+fn default_hc_interval_ms() -> u64 {
+    DEFAULT_HC_INTERVAL_MS
+}
+fn default_hc_timeout_ms() -> u64 {
+    DEFAULT_HC_TIMEOUT_MS
+}
+fn default_hc_rise() -> u32 {
+    DEFAULT_HC_RISE
+}
+fn default_hc_fall() -> u32 {
+    DEFAULT_HC_FALL
+}
+fn default_route_host() -> String {
+    "*".to_string()
+}
+fn default_route_prefix() -> String {
+    "/".to_string()
+}
+fn unspecified_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+impl HealthCheckConfig {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Server ids become metric label values and log fields: keep them short and plain.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` is not host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{address}` is not host:port with a port in 0..=65535"));
+    }
+    match address.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("`{address}` resolves to no address")),
+        Err(e) => Err(format!("cannot resolve `{address}`: {e}")),
+    }
+}
+
+impl UpstreamsConfig {
+    /// Parses and validates `text` (the contents of `file`).
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigErrors> {
+        let mut cfg: UpstreamsConfig = if text.trim().is_empty() {
+            return Err(super::error::file_error(file, "empty file: `pools` and `routes` are required"));
+        } else {
+            serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?
+        };
+        let mut c = Collector::new(file, text);
+        cfg.validate(&mut c);
+        c.finish(cfg)
+    }
+
+    fn validate(&mut self, c: &mut Collector<'_>) {
+        if self.pools.is_empty() {
+            c.err("pools", "at least one pool is required");
+        }
+        for (name, pool) in self.pools.iter_mut() {
+            let at = format!("pools.{name}");
+            if !valid_id(name) {
+                c.err(&at, "pool names use letters, digits, '-', '_', '.', ':' (at most 64)");
+            }
+            pool.validate(&at, c);
+        }
+        if self.routes.is_empty() {
+            c.err("routes", "at least one route is required");
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes.{i}");
+            if !self.pools.contains_key(&r.pool) {
+                c.err(format!("{at}.pool"), format!("route to missing pool `{}`", r.pool));
+            }
+            if !r.path_prefix.starts_with('/') {
+                c.err(format!("{at}.path_prefix"), "must start with '/'");
+            }
+            if r.host.is_empty() || r.host.contains('/') || (r.host.contains('*') && r.host != "*" && !r.host.starts_with("*.")) {
+                c.err(format!("{at}.host"), "must be `*`, a host name or `*.domain`");
+            }
+        }
+    }
+}
+
+impl PoolConfig {
+    fn validate(&mut self, at: &str, c: &mut Collector<'_>) {
+        if self.servers.is_empty() {
+            c.err(format!("{at}.servers"), "empty pool: at least one server is required");
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            let sat = format!("{at}.servers.{i}");
+            if !valid_id(&s.id) {
+                c.err(format!("{sat}.id"), "ids use letters, digits, '-', '_', '.', ':' (at most 64)");
+            } else if !ids.insert(s.id.clone()) {
+                c.err(format!("{sat}.id"), format!("duplicate id `{}`", s.id));
+            }
+            match resolve(&s.address) {
+                Ok(a) if a.port() == 0 => c.err(format!("{sat}.address"), "port 0 is not a valid server port"),
+                Ok(a) => {
+                    s.resolved = a;
+                    if !addrs.insert(a) {
+                        c.err(format!("{sat}.address"), format!("duplicate address `{a}` in this pool"));
+                    }
+                }
+                Err(e) => c.err(format!("{sat}.address"), format!("bad address: {e}")),
+            }
+            if s.weight == 0 || s.weight > MAX_WEIGHT {
+                c.err(format!("{sat}.weight"), format!("weight must be 1..={MAX_WEIGHT}"));
+            }
+        }
+        if let Some(hc) = &self.health_check {
+            let h = format!("{at}.health_check");
+            if !hc.path.starts_with('/') {
+                c.err(format!("{h}.path"), "must start with '/'");
+            }
+            if hc.interval_ms < MIN_HC_INTERVAL_MS {
+                c.err(format!("{h}.interval_ms"), format!("must be at least {MIN_HC_INTERVAL_MS}"));
+            }
+            if hc.timeout_ms == 0 {
+                c.err(format!("{h}.timeout_ms"), "must be positive");
+            }
+            if hc.rise == 0 {
+                c.err(format!("{h}.rise"), "must be at least 1");
+            }
+            if hc.fall == 0 {
+                c.err(format!("{h}.fall"), "must be at least 1");
+            }
+        }
+        let t = &self.timeouts;
+        for (k, v) in [("connect_ms", t.connect_ms), ("read_ms", t.read_ms), ("write_ms", t.write_ms), ("idle_ms", t.idle_ms)] {
+            if v == 0 {
+                c.err(format!("{at}.timeouts.{k}"), "must be positive");
+            }
+        }
+        let o = &self.outlier_detection;
+        if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
+            c.err(format!("{at}.outlier_detection"), "need 0 < base_ejection_ms <= max_ejection_ms");
+        }
+        if self.ewma_decay_ms == 0 {
+            c.err(format!("{at}.ewma_decay_ms"), "must be positive");
+        }
+        if self.max_retries > 10 {
+            c.err(format!("{at}.max_retries"), "must be 0..=10");
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeouts.connect_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "pools:\n  api:\n    strategy: round_robin\n    servers:\n      - { id: a, address: 127.0.0.1:8001 }\n      - { id: b, address: 127.0.0.1:8002, weight: 2 }\nroutes:\n  - { host: \"*\", path_prefix: /, pool: api }\n";
+
+    fn errs(text: &str) -> Vec<String> {
+        match UpstreamsConfig::parse("u.yaml", text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let c = UpstreamsConfig::parse("u.yaml", GOOD).expect("valid");
+        let p = &c.pools["api"];
+        assert_eq!(p.strategy, StrategyKind::RoundRobin);
+        assert_eq!(p.servers[1].weight, 2);
+        assert_eq!(p.servers[0].weight, 1);
+        assert_eq!(p.servers[1].resolved, "127.0.0.1:8002".parse().expect("addr"));
+        assert_eq!(p.max_retries, DEFAULT_MAX_RETRIES);
+    }
+
+    #[test]
+    fn each_kind_of_error_names_its_line() {
+        let cases = [
+            (GOOD.replace("strategy: round_robin", "strategy: round_robin\n    colour: red"), "u.yaml:4: ", "unknown field `colour`"),
+            (GOOD.replace("127.0.0.1:8002", "nowhere"), "u.yaml:6: pools.api.servers.1.address", "bad address"),
+            (GOOD.replace("id: b", "id: a"), "u.yaml:6: pools.api.servers.1.id", "duplicate id"),
+            (GOOD.replace("pool: api }", "pool: web }"), "u.yaml:8: routes.0.pool", "missing pool"),
+            ("pools:\n  api:\n    servers: []\nroutes:\n  - { pool: api }\n".to_string(), "u.yaml:3: pools.api.servers", "empty pool"),
+            (GOOD.replace("servers:\n", "servers:\n  - [\n"), "u.yaml:", ""),
+            (GOOD.replace("weight: 2", "weight: 0"), "u.yaml:6: pools.api.servers.1.weight", "weight"),
+        ];
+        for (text, prefix, needle) in cases {
+            let e = errs(&text);
+            assert!(!e.is_empty(), "expected an error for:\n{text}");
+            assert!(e[0].starts_with(prefix) && e[0].contains(needle), "got {e:?}, want {prefix}..{needle}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let text = GOOD.replace("id: b", "id: a").replace("pool: api }", "pool: web }");
+        assert_eq!(errs(&text).len(), 2);
+    }
+}

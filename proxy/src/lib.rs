@@ -1,0 +1,20 @@
+//! NeuraBalancer: an HTTP load balancer on Pingora that sends each request to the backend
+//! expected to answer fastest.
+//!
+//! Layout: [`config`] (typed files), [`strategy`] (pure selection algorithms),
+//! [`upstream`] (pools, live backend state, Pingora `BackendSelection`), [`proxy`] (the
+//! `ProxyHttp` phases), [`health`] (active checks), [`control`] (reloads, drain),
+//! [`admin`] (admin API), [`metrics`], [`server`] (assembly).
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod headers;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod strategy;
+pub mod upstream;

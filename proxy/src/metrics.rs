@@ -1,0 +1,118 @@
+//! Prometheus metrics (names are a contract: dashboards and alerts use them).
+//!
+//! Label values are bounded: pool and backend ids come from the configuration, methods are
+//! folded to the standard set, statuses are numeric codes. Gauges of live state are set from
+//! the current snapshot at scrape time, so removed backends disappear from them.
+
+use std::sync::OnceLock;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::upstream::Upstreams;
+
+pub const NO_POOL: &str = "none";
+pub const NO_BACKEND: &str = "none";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub inflight: IntGaugeVec,
+    pub healthy: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub ejections: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    reg.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    /// # Panics
+    /// Only on a programming error in the static metric definitions below.
+    fn new() -> Self {
+        let registry = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "neurabalancer_http_request_duration_seconds",
+                "Time from request arrival to the end of the response, by pool and backend.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool", "backend"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry.register(Box::new(duration.clone())).unwrap_or_else(|e| panic!("register histogram: {e}"));
+        Metrics {
+            requests: counter(&registry, "neurabalancer_http_requests_total", "Proxied requests by pool, backend, method and status.", &["pool", "backend", "method", "status"]),
+            duration,
+            inflight: gauge(&registry, "neurabalancer_backend_inflight", "Requests in flight per backend.", &["pool", "backend"]),
+            healthy: gauge(&registry, "neurabalancer_backend_healthy", "1 when the backend passes active health checks and is not ejected.", &["pool", "backend"]),
+            retries: counter(&registry, "neurabalancer_upstream_retries_total", "Requests retried on another backend.", &["pool"]),
+            config_reloads: counter(&registry, "neurabalancer_config_reloads_total", "Configuration reloads by result (success, error).", &["result"]),
+            health_checks: counter(&registry, "neurabalancer_health_checks_total", "Active health checks by result (pass, fail).", &["pool", "backend", "result"]),
+            ejections: counter(&registry, "neurabalancer_backend_ejections_total", "Passive-health ejections per backend.", &["pool", "backend"]),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition, with live gauges refreshed from `upstreams`.
+    pub fn render(&self, upstreams: &Upstreams) -> String {
+        self.inflight.reset();
+        self.healthy.reset();
+        let now = crate::clock::now_ns();
+        for pool in upstreams.pools.values() {
+            for s in &pool.members().list {
+                let id = s.id();
+                let labels = [&*pool.name, id.as_str()];
+                self.inflight.with_label_values(&labels).set(s.load.inflight() as i64);
+                self.healthy.with_label_values(&labels).set(i64::from(s.eligible(now)));
+            }
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Folds a method into a bounded label value.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Static strings for the status codes, so label lookups do not format numbers.
+pub fn status_label(code: u16) -> String {
+    code.to_string()
+}

@@ -1,0 +1,250 @@
+//! The Pingora `ProxyHttp` implementation: one request's path through the proxy.
+//!
+//! | phase | what happens here |
+//! |---|---|
+//! | `new_ctx` | counts the request in flight for graceful shutdown |
+//! | `request_filter` | request id; route by Host and path to a pool (404 when none) |
+//! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones (503 when none); its in-flight guard starts |
+//! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in |
+//! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); hop-by-hop out |
+//! | `response_filter` | `X-Request-Id` echoed to the client |
+//! | `fail_to_connect` / `error_while_proxy` | passive health; retry on another backend, capped by the pool's `max_retries` |
+//! | `logging` | metrics, once per request, success or failure |
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use crate::clock;
+use crate::headers;
+use crate::metrics::{self, metrics};
+use crate::state::Shared;
+use crate::strategy::InflightGuard;
+use crate::upstream::{BackendStats, Failure, Pool};
+
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Proxy { shared }
+    }
+}
+
+/// Counts a request in the process-wide in-flight total until dropped.
+pub struct RequestGuard(Arc<Shared>);
+
+impl RequestGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight_requests.fetch_add(1, Relaxed);
+        RequestGuard(shared.clone())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.inflight_requests.fetch_sub(1, Relaxed);
+    }
+}
+
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    pool: Option<Arc<Pool>>,
+    backend: Option<Arc<BackendStats>>,
+    /// Dropped when the request ends or moves to another backend.
+    backend_guard: Option<InflightGuard>,
+    tried: Vec<SocketAddr>,
+    retries: u32,
+    /// When the current backend was chosen (clock ns), for its latency sample.
+    sent_at_ns: u64,
+    response_started: bool,
+    _request: RequestGuard,
+}
+
+/// Shared by both error paths: count the failure against the backend and, within budget,
+/// mark the error for a retry on a different backend.
+fn on_backend_error(ctx: &mut Ctx, mut e: Box<Error>, kind: Failure, retryable: bool) -> Box<Error> {
+    let (Some(pool), Some(backend)) = (ctx.pool.clone(), ctx.backend.take()) else {
+        return e;
+    };
+    let cfg = pool.config();
+    if let Some(ms) = backend.record_failure(kind, &cfg.outlier_detection) {
+        let id = backend.id();
+        metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
+        tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, reason = ?kind, "backend ejected");
+    }
+    ctx.backend_guard = None;
+    ctx.tried.push(backend.addr);
+    if retryable && ctx.retries < cfg.max_retries {
+        ctx.retries += 1;
+        metrics().retries.with_label_values(&[&*pool.name]).inc();
+        e.set_retry(true);
+    } else {
+        e.set_retry(false);
+    }
+    ctx.backend = Some(backend);
+    e
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            pool: None,
+            backend: None,
+            backend_guard: None,
+            tried: Vec::new(),
+            retries: 0,
+            sent_at_ns: 0,
+            response_started: false,
+            _request: RequestGuard::new(&self.shared),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
+            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => headers::new_request_id(),
+        };
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
+        let upstreams = self.shared.upstreams.load();
+        match upstreams.route(host, req.uri.path()) {
+            Some(pool) => {
+                ctx.pool = Some(pool.clone());
+                Ok(false)
+            }
+            None => {
+                respond_json(session, 404, &ctx.request_id, "no route for this host and path").await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
+        };
+        let Some(backend) = pool.select(&ctx.tried) else {
+            return Err(Error::explain(ErrorType::HTTPStatus(503), format!("pool {}: no healthy backend", pool.name)));
+        };
+        let cfg = pool.config();
+        let t = &cfg.timeouts;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_millis(t.connect_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(t.read_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(t.write_ms));
+        peer.options.idle_timeout = Some(Duration::from_millis(t.idle_ms));
+        ctx.backend_guard = Some(backend.load.track());
+        ctx.backend = Some(backend);
+        ctx.sent_at_ns = clock::now_ns();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        headers::strip_request_hop_by_hop(upstream);
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        headers::set_forwarded(upstream, client_ip, "http")?;
+        upstream.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let (Some(pool), Some(backend)) = (&ctx.pool, &ctx.backend) {
+            let now = clock::now_ns();
+            let decay = pool.shared.params.load().decay_ns;
+            backend.load.observe(now.saturating_sub(ctx.sent_at_ns) as f64, now, decay);
+            if resp.status.is_server_error() {
+                let cfg = pool.config();
+                if let Some(ms) = backend.record_failure(Failure::Status5xx, &cfg.outlier_detection) {
+                    let id = backend.id();
+                    metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
+                    tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, "backend ejected after consecutive 5xx");
+                }
+            } else {
+                backend.record_success();
+            }
+        }
+        headers::strip_response_hop_by_hop(resp);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.response_started = true;
+        resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+        on_backend_error(ctx, e, Failure::Connect, true)
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, _client_reused: bool) -> Box<Error> {
+        let e = e.more_context(format!("peer: {peer}"));
+        // Safe to send again only if nothing reached the client, the method is idempotent and
+        // the body is still buffered; a timeout may mean the request is being processed, so
+        // it is not retried.
+        let retryable = !ctx.response_started
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && !matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_));
+        if matches!(e.esource(), pingora::ErrorSource::Downstream) {
+            return e;
+        }
+        on_backend_error(ctx, e, Failure::Transport, retryable)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.backend_guard = None;
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let pool = ctx.pool.as_ref().map(|p| &*p.name).unwrap_or(metrics::NO_POOL);
+        let id = ctx.backend.as_ref().map(|b| b.id());
+        let backend = id.as_ref().map(|s| s.as_str()).unwrap_or(metrics::NO_BACKEND);
+        let method = metrics::method_label(&session.req_header().method);
+        let m = metrics();
+        m.requests.with_label_values(&[pool, backend, method, &metrics::status_label(status)]).inc();
+        m.duration.with_label_values(&[pool, backend]).observe(ctx.start.elapsed().as_secs_f64());
+        if let Some(e) = e {
+            tracing::debug!(request_id = %ctx.request_id, pool, backend, status, error = %e, "request failed");
+        }
+    }
+}
+
+async fn respond_json(session: &mut Session, status: u16, request_id: &str, msg: &str) -> Result<()> {
+    let body = Bytes::from(serde_json::json!({ "error": msg, "request_id": request_id }).to_string());
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(headers::X_REQUEST_ID, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// In-flight requests across the process (for graceful shutdown).
+pub fn inflight(shared: &Shared) -> usize {
+    shared.inflight_requests.load(Relaxed)
+}
+

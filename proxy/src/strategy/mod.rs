@@ -1,0 +1,220 @@
+//! Backend selection strategies as pure functions of (candidates, their live load, `now`,
+//! an RNG). Nothing here touches a socket or the wall clock, so the proxy, unit tests and
+//! the benchmark's discrete-event model all drive the very same code.
+//!
+//! A strategy sees candidates through [`Candidates`]: their weights, their [`Load`] and
+//! whether each is eligible right now (healthy, not ejected, not already tried). It returns
+//! the index of its choice among eligible candidates, or `None` when there is none.
+//!
+//! | kind | choice | cost |
+//! |---|---|---|
+//! | `round_robin` | next eligible in order, weights ignored | O(1) typical |
+//! | `weighted_round_robin` | nginx's smooth weighted round robin (interleaved, never A,A,A,B) | O(1) typical |
+//! | `least_connections` | fewest in-flight per unit of weight; ties broken at random | O(n) |
+//! | `random` | weighted random | O(n) |
+//! | `p2c_ewma` | power of two choices over peak-EWMA latency × (in-flight + 1) (Mitzenmacher; Finagle, Linkerd) | O(n) scan for eligibility, two cost reads |
+
+mod load;
+mod wrr;
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+pub use load::{InflightGuard, Load, NO_HISTORY_PENALTY_NS};
+pub use wrr::Schedule;
+
+/// The strategies a pool can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    Random,
+    P2cEwma,
+}
+
+impl StrategyKind {
+    pub const ALL: [StrategyKind; 5] = [
+        StrategyKind::RoundRobin,
+        StrategyKind::WeightedRoundRobin,
+        StrategyKind::LeastConnections,
+        StrategyKind::Random,
+        StrategyKind::P2cEwma,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::WeightedRoundRobin => "weighted_round_robin",
+            StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::Random => "random",
+            StrategyKind::P2cEwma => "p2c_ewma",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StrategyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        StrategyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown strategy `{s}`"))
+    }
+}
+
+/// The candidates of one decision.
+pub trait Candidates {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn weight(&self, i: usize) -> u32;
+    fn load(&self, i: usize) -> &Load;
+    fn eligible(&self, i: usize) -> bool;
+}
+
+/// Parameters that may change on reload without a membership change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    pub kind: StrategyKind,
+    /// Peak-EWMA decay time in ns.
+    pub decay_ns: f64,
+}
+
+/// Per-membership state of the stateful strategies; rebuilt when membership or weights
+/// change (a reset round-robin position is harmless).
+#[derive(Debug, Default)]
+pub struct State {
+    next: AtomicUsize,
+    schedule: OnceLock<Schedule>,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State::default()
+    }
+}
+
+/// Picks one eligible candidate.
+pub fn pick<C: Candidates + ?Sized, R: Rng + ?Sized>(
+    params: &Params,
+    state: &State,
+    c: &C,
+    now_ns: u64,
+    rng: &mut R,
+) -> Option<usize> {
+    if c.is_empty() {
+        return None;
+    }
+    match params.kind {
+        StrategyKind::RoundRobin => round_robin(state, c),
+        StrategyKind::WeightedRoundRobin => {
+            let schedule = state.schedule.get_or_init(|| Schedule::build(&weights(c)));
+            schedule
+                .pick(state.next.fetch_add(1, Relaxed), |i| c.eligible(i))
+                .or_else(|| weighted_random(c, rng))
+        }
+        StrategyKind::LeastConnections => least_connections(c, rng),
+        StrategyKind::Random => weighted_random(c, rng),
+        StrategyKind::P2cEwma => p2c(c, now_ns, params.decay_ns, rng),
+    }
+}
+
+fn weights<C: Candidates + ?Sized>(c: &C) -> Vec<u32> {
+    (0..c.len()).map(|i| c.weight(i)).collect()
+}
+
+fn round_robin<C: Candidates + ?Sized>(state: &State, c: &C) -> Option<usize> {
+    let n = c.len();
+    let start = state.next.fetch_add(1, Relaxed) % n;
+    (0..n).map(|k| (start + k) % n).find(|&i| c.eligible(i))
+}
+
+fn least_connections<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, rng: &mut R) -> Option<usize> {
+    // Compare inflight/weight without division: a/wa < b/wb  <=>  a*wb < b*wa.
+    let mut best: Option<(usize, u64, u64)> = None;
+    let mut ties = 0u32;
+    for i in 0..c.len() {
+        if !c.eligible(i) {
+            continue;
+        }
+        let (inf, w) = (c.load(i).inflight() as u64, c.weight(i).max(1) as u64);
+        match best {
+            None => {
+                best = Some((i, inf, w));
+                ties = 1;
+            }
+            Some((_, binf, bw)) => {
+                let (lhs, rhs) = (inf * bw, binf * w);
+                if lhs < rhs {
+                    best = Some((i, inf, w));
+                    ties = 1;
+                } else if lhs == rhs {
+                    // Reservoir sampling: each tied candidate wins with probability 1/ties.
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = Some((i, inf, w));
+                    }
+                }
+            }
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
+fn weighted_random<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, rng: &mut R) -> Option<usize> {
+    let total: u64 = (0..c.len()).filter(|&i| c.eligible(i)).map(|i| c.weight(i).max(1) as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = rng.random_range(0..total);
+    for i in 0..c.len() {
+        if !c.eligible(i) {
+            continue;
+        }
+        let w = c.weight(i).max(1) as u64;
+        if r < w {
+            return Some(i);
+        }
+        r -= w;
+    }
+    None
+}
+
+/// The `k`-th eligible candidate.
+fn nth_eligible<C: Candidates + ?Sized>(c: &C, k: usize) -> Option<usize> {
+    (0..c.len()).filter(|&i| c.eligible(i)).nth(k)
+}
+
+fn p2c<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, now_ns: u64, decay_ns: f64, rng: &mut R) -> Option<usize> {
+    let n = (0..c.len()).filter(|&i| c.eligible(i)).count();
+    match n {
+        0 => None,
+        1 => nth_eligible(c, 0),
+        _ => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (nth_eligible(c, a)?, nth_eligible(c, b)?);
+            let (ca, cb) = (c.load(a).cost(now_ns, decay_ns), c.load(b).cost(now_ns, decay_ns));
+            Some(if cb < ca { b } else { a })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
