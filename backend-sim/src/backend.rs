@@ -38,18 +38,10 @@ pub const HEALTH_PATH: &str = "/health";
 /// Fails if the address cannot be bound or `spec.status` is not a valid HTTP
 /// status code. Must be called from within a Tokio runtime.
 pub async fn spawn(spec: BackendSpec) -> io::Result<BackendHandle> {
-    StatusCode::from_u16(spec.status).map_err(|_| {
-        invalid_input(format!(
-            "backend {}: invalid status code {}",
-            spec.id, spec.status
-        ))
-    })?;
-    let id_header = HeaderValue::from_str(&spec.id).map_err(|_| {
-        invalid_input(format!(
-            "backend id {:?} is not a valid header value",
-            spec.id
-        ))
-    })?;
+    StatusCode::from_u16(spec.status)
+        .map_err(|_| invalid_input(format!("backend {}: invalid status code {}", spec.id, spec.status)))?;
+    let id_header = HeaderValue::from_str(&spec.id)
+        .map_err(|_| invalid_input(format!("backend id {:?} is not a valid header value", spec.id)))?;
     let listener = server::bind(spec.listen)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
@@ -102,10 +94,7 @@ impl BackendHandle {
 
     /// Sets the delay of requests that arrive from now on.
     pub fn set_delay(&self, delay: Duration) {
-        self.inner
-            .shared
-            .delay_nanos
-            .store(nanos(delay), Ordering::Relaxed);
+        self.inner.shared.delay_nanos.store(nanos(delay), Ordering::Relaxed);
     }
 
     /// Sets the status of non-health responses. A code that is not a valid
@@ -218,8 +207,8 @@ impl Shared {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let status = StatusCode::from_u16(self.status.load(Ordering::Relaxed))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = to_json(&Reply {
             backend: &self.id,
             method: parts.method.as_str(),

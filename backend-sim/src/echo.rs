@@ -81,18 +81,14 @@ impl Handler for Echo {
             .ok()
             .and_then(|json| HeaderValue::from_str(&json).ok())
             .unwrap_or_else(|| HeaderValue::from_static("{}"));
-        let uri = parts
-            .uri
-            .path_and_query()
-            .map_or(parts.uri.path(), |pq| pq.as_str());
+        let uri = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
 
         let mut resp = Response::new(body.boxed());
         let out = resp.headers_mut();
         out.insert(BACKEND_ID_HEADER, HeaderValue::from_static("echo"));
         out.insert(
             ECHO_METHOD_HEADER,
-            HeaderValue::from_str(parts.method.as_str())
-                .unwrap_or_else(|_| HeaderValue::from_static("?")),
+            HeaderValue::from_str(parts.method.as_str()).unwrap_or_else(|_| HeaderValue::from_static("?")),
         );
         if let Ok(uri) = HeaderValue::from_str(uri) {
             out.insert(ECHO_URI_HEADER, uri);

@@ -127,12 +127,9 @@ impl From<&BackendEntry> for BackendSpec {
 pub async fn spawn_fleet(cfg: &FleetConfig) -> io::Result<Vec<BackendHandle>> {
     let mut handles = Vec::with_capacity(cfg.backends.len());
     for entry in &cfg.backends {
-        let handle = spawn(entry.into()).await.map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("backend {} on {}: {err}", entry.id, entry.listen),
-            )
-        })?;
+        let handle = spawn(entry.into())
+            .await
+            .map_err(|err| io::Error::new(err.kind(), format!("backend {} on {}: {err}", entry.id, entry.listen)))?;
         handles.push(handle);
     }
     Ok(handles)

@@ -8,6 +8,8 @@
 //! a developer runs by hand.
 //!
 //! Module map:
+//! * [`bench`](mod@bench): open-loop load generation, the library behind the `nb-bench`
+//!   binary.
 //! * [`spec`]: what a backend is ([`BackendSpec`]), independent of any socket.
 //! * [`backend`]: a running backend ([`spawn`], [`BackendHandle`]) and how it
 //!   answers requests.
@@ -21,6 +23,7 @@
 //! so one process can hold thousands of concurrent slow requests.
 
 pub mod backend;
+pub mod bench;
 pub mod echo;
 pub mod fleet;
 mod server;

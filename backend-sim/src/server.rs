@@ -36,10 +36,7 @@ pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 /// handler that cannot answer (e.g. the client vanished while its body was
 /// read) simply returns a response that hyper will fail to deliver.
 pub(crate) trait Handler: Send + Sync + 'static {
-    fn handle(
-        &self,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send;
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send;
 }
 
 /// Binds `addr` with `SO_REUSEADDR`, so that a restarted backend gets the same
@@ -83,11 +80,7 @@ impl Running {
     }
 }
 
-async fn accept_loop<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
+async fn accept_loop<H: Handler>(listener: TcpListener, handler: Arc<H>, mut shutdown: oneshot::Receiver<()>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

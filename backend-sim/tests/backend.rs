@@ -11,11 +11,7 @@ use serde_json::json;
 #[tokio::test]
 async fn answers_with_id_header_and_json_body() {
     let b = spawn(BackendSpec::new("b-1")).await.expect("spawn");
-    let resp = client()
-        .get(url(b.addr(), "/x?a=1"))
-        .send()
-        .await
-        .expect("request");
+    let resp = client().get(url(b.addr(), "/x?a=1")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-backend-id"], "b-1");
     assert_eq!(resp.headers()["content-type"], "application/json");
@@ -55,9 +51,7 @@ async fn drains_request_body_and_pads_response() {
 async fn keeps_connections_alive_across_requests_with_bodies() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = spawn(BackendSpec::new("ka")).await.expect("spawn");
-    let mut conn = tokio::net::TcpStream::connect(b.addr())
-        .await
-        .expect("connect");
+    let mut conn = tokio::net::TcpStream::connect(b.addr()).await.expect("connect");
     let req = "POST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
     let last = "GET /k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     conn.write_all(format!("{req}{req}{last}").as_bytes())
@@ -85,14 +79,10 @@ async fn answers_only_after_the_whole_body_arrived() {
             .body(reqwest::Body::wrap_stream(body))
             .send(),
     );
-    tx.send(bytes::Bytes::from_static(b"part one"))
-        .await
-        .expect("send");
+    tx.send(bytes::Bytes::from_static(b"part one")).await.expect("send");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!request.is_finished(), "answered before the body ended");
-    tx.send(bytes::Bytes::from_static(b"part two"))
-        .await
-        .expect("send");
+    tx.send(bytes::Bytes::from_static(b"part two")).await.expect("send");
     drop(tx);
     let resp = request.await.expect("task").expect("request");
     assert_eq!(resp.status(), 200);
@@ -108,20 +98,12 @@ async fn delay_is_honoured_and_can_be_changed() {
     let start = Instant::now();
     let resp = c.get(url(b.addr(), "/")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
-    assert!(
-        start.elapsed() >= Duration::from_millis(50),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
 
     b.set_delay(Duration::from_millis(300));
     let start = Instant::now();
     c.get(url(b.addr(), "/")).send().await.expect("request");
-    assert!(
-        start.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
 }
 
 #[tokio::test]
@@ -130,32 +112,21 @@ async fn health_is_immediate_and_toggles() {
         .await
         .expect("spawn");
     let c = client();
-    let resp = tokio::time::timeout(
-        Duration::from_secs(5),
-        c.get(url(b.addr(), "/health")).send(),
-    )
-    .await
-    .expect("health must not wait for the delay")
-    .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), c.get(url(b.addr(), "/health")).send())
+        .await
+        .expect("health must not wait for the delay")
+        .expect("request");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-backend-id"], "h");
     let body = body_json(resp).await;
     assert_eq!(body, json!({"status": "ok", "backend": "h"}));
 
     b.set_healthy(false);
-    let resp = c
-        .get(url(b.addr(), "/health"))
-        .send()
-        .await
-        .expect("request");
+    let resp = c.get(url(b.addr(), "/health")).send().await.expect("request");
     assert_eq!(resp.status(), 503);
 
     b.set_healthy(true);
-    let resp = c
-        .get(url(b.addr(), "/health"))
-        .send()
-        .await
-        .expect("request");
+    let resp = c.get(url(b.addr(), "/health")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
     assert_eq!(b.health_checks(), 3);
     assert_eq!(b.served(), 0);
@@ -163,9 +134,7 @@ async fn health_is_immediate_and_toggles() {
 
 #[tokio::test]
 async fn set_status_changes_normal_responses_only() {
-    let b = spawn(BackendSpec::new("s").with_status(201))
-        .await
-        .expect("spawn");
+    let b = spawn(BackendSpec::new("s").with_status(201)).await.expect("spawn");
     let c = client();
     let resp = c.get(url(b.addr(), "/a")).send().await.expect("request");
     assert_eq!(resp.status(), 201);
@@ -174,11 +143,7 @@ async fn set_status_changes_normal_responses_only() {
     let resp = c.get(url(b.addr(), "/a")).send().await.expect("request");
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-backend-id"], "s");
-    let resp = c
-        .get(url(b.addr(), "/health"))
-        .send()
-        .await
-        .expect("request");
+    let resp = c.get(url(b.addr(), "/health")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
 }
 
@@ -201,14 +166,8 @@ async fn served_counts_requests() {
     for path in ["/1", "/2", "/3"] {
         c.get(url(b.addr(), path)).send().await.expect("request");
     }
-    c.post(url(b.addr(), "/health"))
-        .send()
-        .await
-        .expect("request");
-    c.get(url(b.addr(), "/health"))
-        .send()
-        .await
-        .expect("request");
+    c.post(url(b.addr(), "/health")).send().await.expect("request");
+    c.get(url(b.addr(), "/health")).send().await.expect("request");
     assert_eq!(b.served(), 4, "POST /health is a normal request");
     assert_eq!(b.health_checks(), 1);
 }
@@ -219,10 +178,7 @@ async fn serves_many_slow_requests_concurrently() {
     let b = spawn(BackendSpec::new("wide").with_delay(Duration::from_millis(500)))
         .await
         .expect("spawn");
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let c = reqwest::Client::builder().no_proxy().build().expect("client");
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..N {
@@ -233,10 +189,6 @@ async fn serves_many_slow_requests_concurrently() {
         assert_eq!(res.expect("task").expect("request"), 200);
     }
     // Serially this would take 500 s; concurrently about the delay.
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     assert_eq!(b.served(), N as u64);
 }

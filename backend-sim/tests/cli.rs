@@ -12,14 +12,7 @@ use tokio::process::Command;
 #[tokio::test]
 async fn single_backend_serves_and_exits_cleanly_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_backend-sim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            "cli-1",
-            "--delay-ms",
-            "1",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--id", "cli-1", "--delay-ms", "1"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -41,11 +34,7 @@ async fn single_backend_serves_and_exits_cleanly_on_sigterm() {
     .expect("listening line");
     let addr = addr.parse().expect("socket address");
 
-    let resp = client()
-        .get(url(addr, "/cli"))
-        .send()
-        .await
-        .expect("request");
+    let resp = client().get(url(addr, "/cli")).send().await.expect("request");
     assert_eq!(resp.headers()["x-backend-id"], "cli-1");
 
     let pid = child.id().expect("pid").to_string();

@@ -38,8 +38,7 @@ async fn echoes_5_mib_body_with_method_uri_and_headers() {
     assert_eq!(h["x-backend-id"], "echo");
     assert_eq!(h["x-echo-method"], "PUT");
     assert_eq!(h["x-echo-uri"], "/echo/path?x=1&y=two");
-    let headers: Value =
-        serde_json::from_str(h["x-echo-headers"].to_str().expect("ascii")).expect("json");
+    let headers: Value = serde_json::from_str(h["x-echo-headers"].to_str().expect("ascii")).expect("json");
     assert_eq!(headers["x-test"], json!(["a"]));
     assert_eq!(headers["x-multi"], json!(["one", "two"]));
     assert_eq!(headers["host"], json!([echo.addr().to_string()]));

@@ -48,10 +48,7 @@ fn invalid_fleets_are_rejected() {
     let err = FleetConfig::from_yaml("backends: [ { id: a }, { id: a } ]").expect_err("dup");
     assert!(matches!(err, ConfigError::DuplicateId(id) if id == "a"));
     let err = FleetConfig::from_yaml("backends: [ { id: a, status: 1000 } ]").expect_err("status");
-    assert!(matches!(
-        err,
-        ConfigError::InvalidStatus { status: 1000, .. }
-    ));
+    assert!(matches!(err, ConfigError::InvalidStatus { status: 1000, .. }));
     let err = FleetConfig::from_yaml("backends: [ { id: a, listen: nowhere } ]").expect_err("addr");
     assert!(matches!(err, ConfigError::Yaml(_)));
     let err = FleetConfig::load("/nonexistent/fleet.yaml").expect_err("missing");

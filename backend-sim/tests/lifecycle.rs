@@ -9,9 +9,7 @@ use common::{client, url};
 use tokio::net::TcpStream;
 
 async fn assert_refused(addr: std::net::SocketAddr) {
-    let err = TcpStream::connect(addr)
-        .await
-        .expect_err("connect must be refused");
+    let err = TcpStream::connect(addr).await.expect_err("connect must be refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
@@ -61,11 +59,7 @@ async fn restart_serves_again_on_same_address_with_same_settings() {
     assert_refused(addr).await;
     b.restart().await.expect("restart");
     assert_eq!(b.addr(), addr);
-    let resp = c
-        .get(url(addr, "/again"))
-        .send()
-        .await
-        .expect("second life");
+    let resp = c.get(url(addr, "/again")).send().await.expect("second life");
     assert_eq!(resp.status(), 418);
     assert_eq!(resp.headers()["x-backend-id"], "phoenix");
     assert_eq!(b.served(), 2);

@@ -68,6 +68,7 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         grace_period_seconds: Some(m.server.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_S),
         upstream_keepalive_pool_size: m.server.upstream_keepalive_pool_size,
+        upgrade_sock: m.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -30,6 +30,7 @@ pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
 /// Containers get ~30 s between SIGTERM and SIGKILL; drain well inside that.
 pub const DEFAULT_GRACE_PERIOD_S: u64 = 20;
 pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/neurabalancer-upgrade.sock";
 
 /// `neurabalancer.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +131,9 @@ pub struct ServerSettings {
     pub grace_period_s: u64,
     /// Idle upstream connections kept per process.
     pub upstream_keepalive_pool_size: usize,
+    /// Unix socket over which `run --upgrade` receives the listening sockets of the running
+    /// instance (after it gets SIGQUIT).
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for ServerSettings {
@@ -137,6 +141,7 @@ impl Default for ServerSettings {
         ServerSettings {
             grace_period_s: DEFAULT_GRACE_PERIOD_S,
             upstream_keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
+            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
         }
     }
 }
