@@ -45,7 +45,7 @@ echo "NeuraBalancer demo: $rate requests/s for ${duration}s per strategy through
 echo "backends: backend-1 answers in 2 ms, backend-2 in 5 ms, backend-3 in 20 ms"
 echo
 for strategy in round_robin weighted_round_robin least_connections p2c_ewma; do
-  sed -i -E "s/strategy: [a-z_]+/strategy: $strategy/" "$work/upstreams.yaml"
+  sed -i -E "s/strategy: [a-z0-9_]+/strategy: $strategy/" "$work/upstreams.yaml"
   code=$(curl -s -o "$work/reload.json" -w '%{http_code}' -X POST http://127.0.0.1:8090/api/v1/reload)
   if [ "$code" != 200 ]; then echo "demo: reload failed:" >&2; cat "$work/reload.json" >&2; exit 1; fi
   "$root/target/release/nb-bench" --url http://127.0.0.1:8080/ --rate "$rate" --duration "$duration" \

@@ -23,16 +23,24 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 async fn handle<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/version") => json(StatusCode::OK, serde_json::json!({"name": "model-server", "version": VERSION})),
-        (_, "/health" | "/version") => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"})),
+        (&Method::GET, "/version") => json(
+            StatusCode::OK,
+            serde_json::json!({"name": "model-server", "version": VERSION}),
+        ),
+        (_, "/health" | "/version") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed"}),
+        ),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
     })
 }
@@ -42,7 +50,10 @@ pub async fn run(listener: TcpListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle)).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(handle))
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

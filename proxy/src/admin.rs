@@ -192,12 +192,16 @@ impl ServeHttp for Admin {
                 if self.authorized(s) {
                     self.reload().await
                 } else {
-                    json_response(StatusCode::UNAUTHORIZED, &json!({"error": "missing or wrong bearer token"}))
+                    json_response(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": "missing or wrong bearer token"}),
+                    )
                 }
             }
-            (_, "/health/live" | "/health/ready" | "/metrics" | "/api/v1/servers" | "/api/v1/config" | "/api/v1/reload") => {
-                json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"}))
-            }
+            (
+                _,
+                "/health/live" | "/health/ready" | "/metrics" | "/api/v1/servers" | "/api/v1/config" | "/api/v1/reload",
+            ) => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method not allowed"})),
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
         }
     }

@@ -44,7 +44,10 @@ pub struct Applied {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Main-file keys that only take effect at start.
@@ -138,20 +141,18 @@ pub async fn reload_async(shared: Arc<Shared>, trigger: Trigger) -> Result<Appli
     }
 }
 
-/// Digest of both files' current bytes (through symlinks), or `None` when unreadable.
-fn files_digest(paths: &[PathBuf]) -> Option<Vec<u8>> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in paths {
-        h.update(std::fs::read(p).ok()?);
-        h.update([0u8]);
-    }
-    Some(h.finalize().to_vec())
+/// [`config::digest`] of both files' current bytes (through symlinks), or `None` when one is
+/// unreadable.
+fn files_digest(paths: &[PathBuf; 2]) -> Option<String> {
+    Some(config::digest(
+        &std::fs::read(&paths[0]).ok()?,
+        &std::fs::read(&paths[1]).ok()?,
+    ))
 }
 
-fn watched_files(shared: &Shared) -> Vec<PathBuf> {
+fn watched_files(shared: &Shared) -> [PathBuf; 2] {
     let c = shared.config.load();
-    vec![c.loaded.main_path.clone(), c.loaded.main.upstreams_file.clone()]
+    [c.loaded.main_path.clone(), c.loaded.main.upstreams_file.clone()]
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -181,7 +182,8 @@ async fn watch_files(shared: Arc<Shared>) {
         }
     };
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut last = files_digest(&watched_files(&shared));
+    // Start from what was loaded, so a change made while the process started is not missed.
+    let mut last = Some(shared.config.load().loaded.hash.clone());
     let mut poll = tokio::time::interval(POLL);
     loop {
         let files = watched_files(&shared);
@@ -237,7 +239,10 @@ async fn drain_then_exit(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
             return;
         }
     }
-    tracing::info!(inflight = crate::proxy::inflight(&shared), "shutting down: draining in-flight requests");
+    tracing::info!(
+        inflight = crate::proxy::inflight(&shared),
+        "shutting down: draining in-flight requests"
+    );
     let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -12,13 +12,25 @@ pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// Headers that describe one connection and never travel across a proxy. `transfer-encoding`
 /// is handled by Pingora's framing and `upgrade` is kept for protocol upgrades.
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "proxy-authenticate", "proxy-authorization"];
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
 /// Names listed in `Connection` (besides the hop-by-hop set) must also go.
 fn connection_tokens(value: Option<&http::HeaderValue>) -> Vec<String> {
     value
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -71,7 +83,14 @@ pub fn new_request_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Appends the client address to `X-Forwarded-For` (keeping what earlier proxies wrote) and
@@ -100,7 +119,13 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_listed_headers() {
         let mut req = RequestHeader::build("GET", b"/", None).expect("req");
-        for (k, v) in [("connection", "keep-alive, x-secret"), ("keep-alive", "timeout=5"), ("x-secret", "1"), ("te", "trailers"), ("x-kept", "yes")] {
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ] {
             req.append_header(k, v).expect("hdr");
         }
         strip_request_hop_by_hop(&mut req);

@@ -19,7 +19,9 @@ use crate::upstream::{BackendStats, Health, Pool};
 
 fn probe(hc: &HealthCheckConfig) -> HttpHealthCheck {
     let mut check = HttpHealthCheck::new(hc.host.as_deref().unwrap_or("localhost"), false);
-    check.req.set_uri(hc.path.parse().unwrap_or_else(|_| http::Uri::from_static("/")));
+    check
+        .req
+        .set_uri(hc.path.parse().unwrap_or_else(|_| http::Uri::from_static("/")));
     check.peer_template.options.connection_timeout = Some(hc.timeout());
     check.peer_template.options.read_timeout = Some(hc.timeout());
     check.peer_template.options.total_connection_timeout = Some(hc.timeout());
@@ -36,7 +38,10 @@ async fn check_one(check: &HttpHealthCheck, hc: &HealthCheckConfig, pool: &str, 
         // The Host header names the server probed.
         target.weight = 1;
     }
-    let ok = matches!(tokio::time::timeout(hc.timeout() + Duration::from_millis(50), check.check(&target)).await, Ok(Ok(())));
+    let ok = matches!(
+        tokio::time::timeout(hc.timeout() + Duration::from_millis(50), check.check(&target)).await,
+        Ok(Ok(()))
+    );
     let id = s.id();
     metrics()
         .health_checks

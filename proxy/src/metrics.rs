@@ -31,13 +31,15 @@ pub struct Metrics {
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    reg.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    reg.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
     c
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    reg.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("register {name}: {e}"));
+    reg.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
     g
 }
 
@@ -55,18 +57,60 @@ impl Metrics {
             &["pool", "backend"],
         )
         .unwrap_or_else(|e| panic!("histogram: {e}"));
-        registry.register(Box::new(duration.clone())).unwrap_or_else(|e| panic!("register histogram: {e}"));
-        Metrics {
-            requests: counter(&registry, "neurabalancer_http_requests_total", "Proxied requests by pool, backend, method and status.", &["pool", "backend", "method", "status"]),
+        registry
+            .register(Box::new(duration.clone()))
+            .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let m = Metrics {
+            requests: counter(
+                &registry,
+                "neurabalancer_http_requests_total",
+                "Proxied requests by pool, backend, method and status.",
+                &["pool", "backend", "method", "status"],
+            ),
             duration,
-            inflight: gauge(&registry, "neurabalancer_backend_inflight", "Requests in flight per backend.", &["pool", "backend"]),
-            healthy: gauge(&registry, "neurabalancer_backend_healthy", "1 when the backend passes active health checks and is not ejected.", &["pool", "backend"]),
-            retries: counter(&registry, "neurabalancer_upstream_retries_total", "Requests retried on another backend.", &["pool"]),
-            config_reloads: counter(&registry, "neurabalancer_config_reloads_total", "Configuration reloads by result (success, error).", &["result"]),
-            health_checks: counter(&registry, "neurabalancer_health_checks_total", "Active health checks by result (pass, fail).", &["pool", "backend", "result"]),
-            ejections: counter(&registry, "neurabalancer_backend_ejections_total", "Passive-health ejections per backend.", &["pool", "backend"]),
+            inflight: gauge(
+                &registry,
+                "neurabalancer_backend_inflight",
+                "Requests in flight per backend.",
+                &["pool", "backend"],
+            ),
+            healthy: gauge(
+                &registry,
+                "neurabalancer_backend_healthy",
+                "1 when the backend passes active health checks and is not ejected.",
+                &["pool", "backend"],
+            ),
+            retries: counter(
+                &registry,
+                "neurabalancer_upstream_retries_total",
+                "Requests retried on another backend.",
+                &["pool"],
+            ),
+            config_reloads: counter(
+                &registry,
+                "neurabalancer_config_reloads_total",
+                "Configuration reloads by result (success, error).",
+                &["result"],
+            ),
+            health_checks: counter(
+                &registry,
+                "neurabalancer_health_checks_total",
+                "Active health checks by result (pass, fail).",
+                &["pool", "backend", "result"],
+            ),
+            ejections: counter(
+                &registry,
+                "neurabalancer_backend_ejections_total",
+                "Passive-health ejections per backend.",
+                &["pool", "backend"],
+            ),
             registry,
+        };
+        // Export both reload series from the start, so `increase()` sees the first error.
+        for result in ["success", "error"] {
+            m.config_reloads.with_label_values(&[result]);
         }
+        m
     }
 
     /// Prometheus text exposition, with live gauges refreshed from `upstreams`.

@@ -145,7 +145,10 @@ impl ProxyHttp for Proxy {
             return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
         };
         let Some(backend) = pool.select(&ctx.tried) else {
-            return Err(Error::explain(ErrorType::HTTPStatus(503), format!("pool {}: no healthy backend", pool.name)));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("pool {}: no healthy backend", pool.name),
+            ));
         };
         let cfg = pool.config();
         let t = &cfg.timeouts;
@@ -160,7 +163,12 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream);
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         headers::set_forwarded(upstream, client_ip, "http")?;
@@ -168,14 +176,21 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if resp.status.is_informational() {
             return Ok(());
         }
         if let (Some(pool), Some(backend)) = (&ctx.pool, &ctx.backend) {
             let now = clock::now_ns();
             let decay = pool.shared.params.load().decay_ns;
-            backend.load.observe(now.saturating_sub(ctx.sent_at_ns) as f64, now, decay);
+            backend
+                .load
+                .observe(now.saturating_sub(ctx.sent_at_ns) as f64, now, decay);
             if resp.status.is_server_error() {
                 let cfg = pool.config();
                 if let Some(ms) = backend.record_failure(Failure::Status5xx, &cfg.outlier_detection) {
@@ -201,7 +216,14 @@ impl ProxyHttp for Proxy {
         on_backend_error(ctx, e, Failure::Connect, true)
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, _client_reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
         let e = e.more_context(format!("peer: {peer}"));
         // Safe to send again only if nothing reached the client, the method is idempotent and
         // the body is still buffered; a timeout may mean the request is being processed, so
@@ -209,7 +231,10 @@ impl ProxyHttp for Proxy {
         let retryable = !ctx.response_started
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && !matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_));
+            && !matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_)
+            );
         if matches!(e.esource(), pingora::ErrorSource::Downstream) {
             return e;
         }
@@ -224,8 +249,12 @@ impl ProxyHttp for Proxy {
         let backend = id.as_ref().map(|s| s.as_str()).unwrap_or(metrics::NO_BACKEND);
         let method = metrics::method_label(&session.req_header().method);
         let m = metrics();
-        m.requests.with_label_values(&[pool, backend, method, &metrics::status_label(status)]).inc();
-        m.duration.with_label_values(&[pool, backend]).observe(ctx.start.elapsed().as_secs_f64());
+        m.requests
+            .with_label_values(&[pool, backend, method, &metrics::status_label(status)])
+            .inc();
+        m.duration
+            .with_label_values(&[pool, backend])
+            .observe(ctx.start.elapsed().as_secs_f64());
         if let Some(e) = e {
             tracing::debug!(request_id = %ctx.request_id, pool, backend, status, error = %e, "request failed");
         }
@@ -247,4 +276,3 @@ async fn respond_json(session: &mut Session, status: u16, request_id: &str, msg:
 pub fn inflight(shared: &Shared) -> usize {
     shared.inflight_requests.load(Relaxed)
 }
-

@@ -38,7 +38,11 @@ pub fn check(main: &Path) -> Result<LoadedConfig, ConfigErrors> {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -48,7 +52,9 @@ pub fn init_tracing(format: LogFormat) {
 /// Fails early with a clear message when a port is taken, instead of a panic deep inside
 /// Pingora's listener setup.
 fn probe_listen(addr: SocketAddr, what: &'static str) -> Result<(), StartError> {
-    TcpListener::bind(addr).map(drop).map_err(|source| StartError::Listen { addr, what, source })
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Listen { addr, what, source })
 }
 
 /// `neurabalancer run`: loads the configuration, then serves until a signal ends the process.
@@ -78,7 +84,8 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Proxy::new(shared.clone()), "proxy");
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, Proxy::new(shared.clone()), "proxy");
     proxy.add_tcp(&m.listen.to_string());
 
     let mut admin = Service::new("admin".to_string(), Admin::new(shared.clone()));

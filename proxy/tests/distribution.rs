@@ -13,7 +13,11 @@ async fn sequential(proxy: &Proxy, n: usize) -> Vec<(u16, String)> {
     for _ in 0..n {
         out.push(proxy.get("/").await);
     }
-    assert!(out.iter().all(|(s, _)| *s == 200), "failures: {:?}", out.iter().filter(|r| r.0 != 200).take(3).collect::<Vec<_>>());
+    assert!(
+        out.iter().all(|(s, _)| *s == 200),
+        "failures: {:?}",
+        out.iter().filter(|r| r.0 != 200).take(3).collect::<Vec<_>>()
+    );
     out
 }
 
@@ -41,7 +45,10 @@ async fn weighted_round_robin_follows_weights_and_interleaves() {
     for (i, id) in ["backend-1", "backend-2", "backend-3"].iter().enumerate() {
         let share = counts[*id] as f64 / 600.0;
         let want = (i + 1) as f64 / 6.0;
-        assert!((share - want).abs() <= 0.03, "{id}: {share:.3} vs {want:.3} ({counts:?})");
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{id}: {share:.3} vs {want:.3} ({counts:?})"
+        );
     }
     // Never more than `weight` times in a row.
     let mut run = 1;
@@ -75,7 +82,11 @@ async fn p2c_ewma_avoids_a_20x_slower_backend_under_load() {
     assert_eq!(failed, 0, "{:?}", results.iter().find(|r| r.0 != 200));
     let counts = tally(&results);
     let slow = counts.get("backend-3").copied().unwrap_or(0) as f64 / results.len() as f64;
-    eprintln!("p2c_ewma: {} requests, slow backend share {:.4} ({counts:?})", results.len(), slow);
+    eprintln!(
+        "p2c_ewma: {} requests, slow backend share {:.4} ({counts:?})",
+        results.len(),
+        slow
+    );
     assert!(results.len() > 1000, "enough load: {}", results.len());
     assert!(slow < 0.05, "slow backend share {:.3} ({counts:?})", slow);
 }

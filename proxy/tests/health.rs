@@ -38,16 +38,26 @@ async fn killing_a_backend_under_load_fails_no_request() {
     let run = load(proxy.url("/"), 8, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     b[1].stop().await;
-    let down_after = eventually(Duration::from_secs(3), || healthy_not(&proxy, "backend-2")).await.expect("reported unhealthy");
+    let down_after = eventually(Duration::from_secs(3), || healthy_not(&proxy, "backend-2"))
+        .await
+        .expect("reported unhealthy");
     tokio::time::sleep(Duration::from_millis(500)).await;
     b[1].restart().await.expect("restart");
-    let up_after = eventually(Duration::from_secs(3), || healthy(&proxy, "backend-2")).await.expect("reported healthy again");
+    let up_after = eventually(Duration::from_secs(3), || healthy(&proxy, "backend-2"))
+        .await
+        .expect("reported healthy again");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Relaxed);
     let results = run.await.expect("load");
 
     let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
-    assert!(failed.is_empty(), "{} of {} failed, e.g. {:?}", failed.len(), results.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed, e.g. {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
     assert!(results.len() > 500, "load ran: {}", results.len());
     let counts = tally(&results);
     assert!(counts.get("backend-2").copied().unwrap_or(0) > 0);
@@ -69,12 +79,20 @@ async fn readiness_follows_backend_health() {
     for x in &b {
         x.set_healthy(false);
     }
-    assert!(eventually(Duration::from_secs(3), || async { proxy.admin_get("/health/ready").await.0 == 503 }).await.is_some());
+    assert!(eventually(Duration::from_secs(3), || async {
+        proxy.admin_get("/health/ready").await.0 == 503
+    })
+    .await
+    .is_some());
     let (_, body) = proxy.admin_get("/health/ready").await;
     assert!(body.contains("no healthy backend in pool(s): api"), "{body}");
     assert_eq!(proxy.get("/").await.0, 503, "no healthy backend: 503");
     b[0].set_healthy(true);
-    assert!(eventually(Duration::from_secs(3), || async { proxy.admin_get("/health/ready").await.0 == 200 }).await.is_some());
+    assert!(eventually(Duration::from_secs(3), || async {
+        proxy.admin_get("/health/ready").await.0 == 200
+    })
+    .await
+    .is_some());
     assert_eq!(proxy.get("/").await, (200, "backend-1".to_string()));
 }
 
@@ -95,7 +113,10 @@ async fn runs_of_5xx_eject_a_backend_for_a_while() {
     assert_eq!(from_bad, 3, "ejected after three consecutive 5xx");
     let s = proxy.server("backend-2").await.expect("listed");
     assert_eq!(s["ejected"], true, "{s}");
-    assert!(proxy.metrics().await.contains("neurabalancer_backend_ejections_total{backend=\"backend-2\",pool=\"api\"} 1"));
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("neurabalancer_backend_ejections_total{backend=\"backend-2\",pool=\"api\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,11 +126,24 @@ async fn admin_api_lists_servers_and_metrics_after_traffic() {
     for _ in 0..20 {
         assert_eq!(proxy.get("/x/y?secret=1").await.0, 200);
     }
-    assert_eq!(proxy.admin_get("/health/live").await, (200, "{\n  \"status\": \"ok\"\n}".to_string()));
+    assert_eq!(
+        proxy.admin_get("/health/live").await,
+        (200, "{\n  \"status\": \"ok\"\n}".to_string())
+    );
     let servers = proxy.servers().await;
     assert_eq!(servers.len(), 2);
     for s in &servers {
-        for field in ["pool", "id", "address", "weight", "healthy", "inflight", "ewma_latency_ms", "error_rate", "ml_score"] {
+        for field in [
+            "pool",
+            "id",
+            "address",
+            "weight",
+            "healthy",
+            "inflight",
+            "ewma_latency_ms",
+            "error_rate",
+            "ml_score",
+        ] {
             assert!(s.get(field).is_some(), "{field} missing in {s}");
         }
         assert_eq!(s["pool"], "api");
@@ -124,8 +158,20 @@ async fn admin_api_lists_servers_and_metrics_after_traffic() {
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
-    assert!(m.contains("# TYPE neurabalancer_upstream_retries_total counter") || !m.contains("neurabalancer_upstream_retries_total{"));
+    assert!(
+        m.contains("# TYPE neurabalancer_upstream_retries_total counter")
+            || !m.contains("neurabalancer_upstream_retries_total{")
+    );
     assert!(!m.contains("secret"), "raw paths never become label values");
     assert_eq!(proxy.admin_get("/nope").await.0, 404);
-    assert_eq!(proxy.client.get(proxy.admin_url("/api/v1/reload")).send().await.expect("r").status(), 405);
+    assert_eq!(
+        proxy
+            .client
+            .get(proxy.admin_url("/api/v1/reload"))
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        405
+    );
 }

@@ -10,13 +10,26 @@ use common::*;
 use futures::StreamExt;
 
 fn echo_headers(r: &reqwest::Response) -> serde_json::Value {
-    let raw = r.headers().get("x-echo-headers").expect("x-echo-headers").to_str().expect("ascii");
+    let raw = r
+        .headers()
+        .get("x-echo-headers")
+        .expect("x-echo-headers")
+        .to_str()
+        .expect("ascii");
     serde_json::from_str(raw).expect("json")
 }
 
 async fn echo_proxy() -> (backend_sim::EchoHandle, Proxy) {
     let echo = spawn_echo("127.0.0.1:0".parse().expect("addr")).await.expect("echo");
-    let yaml = upstreams("round_robin", &[Server { id: "echo", addr: echo.addr(), weight: 1 }], "");
+    let yaml = upstreams(
+        "round_robin",
+        &[Server {
+            id: "echo",
+            addr: echo.addr(),
+            weight: 1,
+        }],
+        "",
+    );
     let proxy = Proxy::start(&yaml).await;
     (echo, proxy)
 }
@@ -25,7 +38,8 @@ async fn echo_proxy() -> (backend_sim::EchoHandle, Proxy) {
 async fn method_path_query_headers_and_a_5mib_body_pass_both_ways() {
     let (_echo, proxy) = echo_proxy().await;
     let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let chunks: Vec<Result<Bytes, std::io::Error>> = body.chunks(64 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        body.chunks(64 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     let r = proxy
         .client
         .post(proxy.url("/some/path%20x?q=1&b=two"))
@@ -52,9 +66,16 @@ async fn method_path_query_headers_and_a_5mib_body_pass_both_ways() {
     }
     assert_eq!(h["x-forwarded-for"], serde_json::json!(["10.1.2.3, 127.0.0.1"]));
     assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
-    let sent_id = h["x-request-id"][0].as_str().expect("request id sent upstream").to_string();
+    let sent_id = h["x-request-id"][0]
+        .as_str()
+        .expect("request id sent upstream")
+        .to_string();
     assert_eq!(sent_id.len(), 36, "generated ids are UUIDs: {sent_id}");
-    assert_eq!(r.headers()["x-request-id"].to_str().expect("ascii"), sent_id, "the id is echoed to the client");
+    assert_eq!(
+        r.headers()["x-request-id"].to_str().expect("ascii"),
+        sent_id,
+        "the id is echoed to the client"
+    );
     let got = r.bytes().await.expect("body");
     assert_eq!(got.len(), body.len());
     assert!(got[..] == body[..], "body changed in transit");
@@ -93,7 +114,11 @@ async fn bodies_stream_without_whole_body_buffering() {
     let stream = tokio_stream_from(rx);
     let first = Bytes::from(vec![b'a'; 256 * 1024]);
     tx.send(Ok(first.clone())).await.expect("send first chunk");
-    let req = proxy.client.post(proxy.url("/stream")).body(reqwest::Body::wrap_stream(stream)).send();
+    let req = proxy
+        .client
+        .post(proxy.url("/stream"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
     let resp = tokio::time::timeout(Duration::from_secs(5), req)
         .await
         .expect("response headers arrived while the request body was still open")
@@ -128,9 +153,21 @@ async fn unrouted_requests_get_404_and_dead_pools_503() {
         "pools:\n  api:\n    servers: [ {{ id: gone, address: \"127.0.0.1:{dead}\" }} ]\n    max_retries: 0\nroutes:\n  - {{ host: api.example, path_prefix: /, pool: api }}\n"
     );
     let proxy = Proxy::start(&yaml).await;
-    let r = proxy.client.get(proxy.url("/x")).header("host", "other.example").send().await.expect("response");
+    let r = proxy
+        .client
+        .get(proxy.url("/x"))
+        .header("host", "other.example")
+        .send()
+        .await
+        .expect("response");
     assert_eq!(r.status(), 404);
     assert!(r.headers().get("x-request-id").is_some());
-    let r = proxy.client.get(proxy.url("/x")).header("host", "api.example").send().await.expect("response");
+    let r = proxy
+        .client
+        .get(proxy.url("/x"))
+        .header("host", "api.example")
+        .send()
+        .await
+        .expect("response");
     assert_eq!(r.status(), 502, "connection refused by the only backend");
 }

@@ -10,7 +10,10 @@ use common::*;
 async fn sigterm_lets_100_in_flight_requests_finish_then_exits_0() {
     let b = backends(2, Duration::from_millis(1500)).await;
     let mut proxy = Proxy::start(&upstreams("least_connections", &servers(&b), "")).await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .expect("client");
     let mut reqs = Vec::new();
     for _ in 0..100 {
         let c = client.clone();
@@ -35,7 +38,10 @@ async fn sigterm_lets_100_in_flight_requests_finish_then_exits_0() {
     let t = Instant::now();
     proxy.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "no new connections after SIGTERM");
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "no new connections after SIGTERM"
+    );
     let mut ok = 0;
     for r in reqs {
         if r.await.expect("task") == 200 {
@@ -45,7 +51,11 @@ async fn sigterm_lets_100_in_flight_requests_finish_then_exits_0() {
     assert_eq!(ok, 100, "every in-flight request completed with 200");
     let status = proxy.wait_exit(Duration::from_secs(10)).await.expect("exited");
     assert!(status.success(), "exit status {status:?}");
-    assert!(t.elapsed() < Duration::from_secs(8), "exited once drained, not after the whole grace period: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "exited once drained, not after the whole grace period: {:?}",
+        t.elapsed()
+    );
 }
 
 /// `run --upgrade` + SIGQUIT: the new process takes over the listeners, the old one drains
@@ -62,7 +72,10 @@ async fn graceful_upgrade_hands_over_the_listeners_without_failing_a_request() {
     let mut new = old.spawn_upgrade();
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
-    let status = old.wait_exit(Duration::from_secs(20)).await.expect("old process exited");
+    let status = old
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("old process exited");
     assert!(status.success(), "old exit status {status:?}");
     // The new process serves the same ports on its own now.
     let before = b[0].served() + b[1].served();
@@ -70,10 +83,19 @@ async fn graceful_upgrade_hands_over_the_listeners_without_failing_a_request() {
     stop.store(true, Relaxed);
     let results = run.await.expect("load");
     let after = b[0].served() + b[1].served();
-    assert!(after > before + 50, "traffic flowed after the old process left ({before} -> {after})");
+    assert!(
+        after > before + 50,
+        "traffic flowed after the old process left ({before} -> {after})"
+    );
     assert_eq!(old.admin_get("/health/live").await.0, 200, "admin port handed over too");
     let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
-    assert!(failed.is_empty(), "{} of {} failed, e.g. {:?}", failed.len(), results.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed, e.g. {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
     let _ = new.kill();
     let _ = new.wait();
 }

@@ -64,6 +64,30 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// Repeated keys, which serde would resolve silently (last one wins) or report at the
+    /// wrong line; checked before deserialising.
+    pub fn duplicate_keys(file: &'a str, text: &str) -> Result<Self, ConfigErrors> {
+        let mut c = Collector::new(file, text);
+        let dups = std::mem::take(&mut c.index.duplicates);
+        for (key, line) in dups {
+            // Keys inside a repeated mapping repeat too; report the outermost only.
+            if c.errors.iter().any(|e| key.starts_with(&format!("{}.", e.key))) {
+                continue;
+            }
+            c.errors.push(ConfigError {
+                file: file.to_string(),
+                line: Some(line),
+                key,
+                reason: "duplicate key".to_string(),
+            });
+        }
+        if c.errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigErrors(c.errors))
+        }
+    }
+
     pub fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         let key = key.into();
         self.errors.push(ConfigError {

@@ -4,6 +4,7 @@
 //! keys (duplicate ids, routes to missing pools) run after deserialisation, when positions are
 //! gone. This index recovers them from the parser's events so every error names a line.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, Parser};
@@ -12,6 +13,9 @@ use yaml_rust2::parser::{Event, Parser};
 #[derive(Debug, Default)]
 pub struct LineIndex {
     lines: HashMap<String, usize>,
+    /// Mapping keys that appear twice in one mapping, with the line of the repetition.
+    /// YAML forbids them, but parsers keep the last one silently.
+    pub duplicates: Vec<(String, usize)>,
 }
 
 enum Frame {
@@ -34,6 +38,7 @@ impl LineIndex {
     /// that error with its own line.
     pub fn build(text: &str) -> Self {
         let mut lines = HashMap::new();
+        let mut duplicates = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
         let mut parser = Parser::new_from_str(text);
         while let Ok((event, mark)) = parser.next_token() {
@@ -51,7 +56,12 @@ impl LineIndex {
                             // This node is a key.
                             if let Event::Scalar(k, ..) = &event {
                                 let p = join(path, k);
-                                lines.entry(p).or_insert(line);
+                                match lines.entry(p) {
+                                    Entry::Occupied(e) => duplicates.push((e.key().clone(), line)),
+                                    Entry::Vacant(e) => {
+                                        e.insert(line);
+                                    }
+                                }
                                 *key = Some(k.clone());
                             } else {
                                 *key = Some(String::from("?"));
@@ -86,7 +96,7 @@ impl LineIndex {
                 _ => {}
             }
         }
-        LineIndex { lines }
+        LineIndex { lines, duplicates }
     }
 
     /// The line of `path`, or of its nearest ancestor that has one.
@@ -108,8 +118,14 @@ impl LineIndex {
 /// by pushing a frame that swallows the key's content.
 fn continue_after_key(event: &Event, stack: &mut Vec<Frame>) {
     match event {
-        Event::MappingStart(..) => stack.push(Frame::Map { path: "?".into(), key: None }),
-        Event::SequenceStart(..) => stack.push(Frame::Seq { path: "?".into(), next: 0 }),
+        Event::MappingStart(..) => stack.push(Frame::Map {
+            path: "?".into(),
+            key: None,
+        }),
+        Event::SequenceStart(..) => stack.push(Frame::Seq {
+            path: "?".into(),
+            next: 0,
+        }),
         _ => {}
     }
 }
@@ -131,5 +147,16 @@ mod tests {
         assert_eq!(idx.line("routes"), Some(7));
         // Unknown leaf falls back to its parent.
         assert_eq!(idx.line("pools.api.servers.1.weight"), Some(5));
+        assert!(idx.duplicates.is_empty());
+    }
+
+    #[test]
+    fn reports_repeated_keys_with_their_line() {
+        let doc = "pools:\n  api: {}\n  api: {}\nroutes: []\nroutes: []\n";
+        let idx = LineIndex::build(doc);
+        assert_eq!(
+            idx.duplicates,
+            vec![("pools.api".to_string(), 3), ("routes".to_string(), 5)]
+        );
     }
 }

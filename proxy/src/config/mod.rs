@@ -167,12 +167,15 @@ impl MainConfig {
         if cfg.upstreams_file.is_relative() {
             cfg.upstreams_file = base_dir.join(&cfg.upstreams_file);
         }
-        let mut c = Collector::new(file, text);
+        let mut c = Collector::duplicate_keys(file, text)?;
         if cfg.threads == 0 || cfg.threads > 256 {
             c.err("threads", "must be 1..=256");
         }
         if cfg.admin.listen == cfg.listen {
-            c.err("admin.listen", "must differ from `listen`: the admin API never shares the proxy port");
+            c.err(
+                "admin.listen",
+                "must differ from `listen`: the admin API never shares the proxy port",
+            );
         }
         if cfg.ml.refresh_ms == 0 {
             c.err("ml.refresh_ms", "must be positive");
@@ -206,19 +209,25 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
 
 /// Reads both files. Errors of the main file stop there (the upstreams path may be wrong);
 /// otherwise every error of the upstreams file is returned.
-pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+/// The configuration version shown by the admin API and compared by the file watcher:
+/// sha256 over both files' bytes, first 8 bytes in hex.
+pub fn digest(main: &[u8], upstreams: &[u8]) -> String {
     use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(main);
+    h.update([0u8]);
+    h.update(upstreams);
+    hex::encode(&h.finalize()[..8])
+}
+
+pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let main_text = read(main_path)?;
     let base = main_path.parent().unwrap_or(Path::new("."));
     let main_name = main_path.display().to_string();
     let main = MainConfig::parse(&main_name, &main_text, base)?;
     let up_text = read(&main.upstreams_file)?;
     let upstreams = UpstreamsConfig::parse(&main.upstreams_file.display().to_string(), &up_text)?;
-    let mut h = Sha256::new();
-    h.update(main_text.as_bytes());
-    h.update([0u8]);
-    h.update(up_text.as_bytes());
-    let hash = hex::encode(&h.finalize()[..8]);
+    let hash = digest(main_text.as_bytes(), up_text.as_bytes());
     Ok(LoadedConfig {
         main_path: main_path.to_path_buf(),
         main,
@@ -233,7 +242,12 @@ mod tests {
 
     #[test]
     fn minimal_main_file_gets_defaults() {
-        let c = MainConfig::parse("m.yaml", "listen: 0.0.0.0:8080\nupstreams_file: up.yaml\n", Path::new("/etc/nb")).expect("valid");
+        let c = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: up.yaml\n",
+            Path::new("/etc/nb"),
+        )
+        .expect("valid");
         assert_eq!(c.threads, DEFAULT_THREADS);
         assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(c.upstreams_file, Path::new("/etc/nb/up.yaml"));
@@ -243,7 +257,12 @@ mod tests {
 
     #[test]
     fn unknown_and_bad_keys_are_errors_with_lines() {
-        let e = MainConfig::parse("m.yaml", "listen: 0.0.0.0:8080\nupstreams_file: u\nthreds: 4\n", Path::new(".")).expect_err("unknown key");
+        let e = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nthreds: 4\n",
+            Path::new("."),
+        )
+        .expect_err("unknown key");
         assert!(e.to_string().starts_with("m.yaml:3:"), "{e}");
         assert!(e.to_string().contains("threds"), "{e}");
         let e = MainConfig::parse("m.yaml", "listen: nope\nupstreams_file: u\n", Path::new(".")).expect_err("bad addr");

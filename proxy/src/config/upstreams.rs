@@ -215,9 +215,7 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
         return Err(format!("`{address}` is not host:port with a port in 0..=65535"));
     }
     match address.to_socket_addrs() {
-        Ok(mut it) => it
-            .next()
-            .ok_or_else(|| format!("`{address}` resolves to no address")),
+        Ok(mut it) => it.next().ok_or_else(|| format!("`{address}` resolves to no address")),
         Err(e) => Err(format!("cannot resolve `{address}`: {e}")),
     }
 }
@@ -225,12 +223,14 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
 impl UpstreamsConfig {
     /// Parses and validates `text` (the contents of `file`).
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigErrors> {
-        let mut cfg: UpstreamsConfig = if text.trim().is_empty() {
-            return Err(super::error::file_error(file, "empty file: `pools` and `routes` are required"));
-        } else {
-            serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?
-        };
-        let mut c = Collector::new(file, text);
+        if text.trim().is_empty() {
+            return Err(super::error::file_error(
+                file,
+                "empty file: `pools` and `routes` are required",
+            ));
+        }
+        let mut cfg: UpstreamsConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        let mut c = Collector::duplicate_keys(file, text)?;
         cfg.validate(&mut c);
         c.finish(cfg)
     }
@@ -257,7 +257,10 @@ impl UpstreamsConfig {
             if !r.path_prefix.starts_with('/') {
                 c.err(format!("{at}.path_prefix"), "must start with '/'");
             }
-            if r.host.is_empty() || r.host.contains('/') || (r.host.contains('*') && r.host != "*" && !r.host.starts_with("*.")) {
+            if r.host.is_empty()
+                || r.host.contains('/')
+                || (r.host.contains('*') && r.host != "*" && !r.host.starts_with("*."))
+            {
                 c.err(format!("{at}.host"), "must be `*`, a host name or `*.domain`");
             }
         }
@@ -274,7 +277,10 @@ impl PoolConfig {
         for (i, s) in self.servers.iter_mut().enumerate() {
             let sat = format!("{at}.servers.{i}");
             if !valid_id(&s.id) {
-                c.err(format!("{sat}.id"), "ids use letters, digits, '-', '_', '.', ':' (at most 64)");
+                c.err(
+                    format!("{sat}.id"),
+                    "ids use letters, digits, '-', '_', '.', ':' (at most 64)",
+                );
             } else if !ids.insert(s.id.clone()) {
                 c.err(format!("{sat}.id"), format!("duplicate id `{}`", s.id));
             }
@@ -283,7 +289,10 @@ impl PoolConfig {
                 Ok(a) => {
                     s.resolved = a;
                     if !addrs.insert(a) {
-                        c.err(format!("{sat}.address"), format!("duplicate address `{a}` in this pool"));
+                        c.err(
+                            format!("{sat}.address"),
+                            format!("duplicate address `{a}` in this pool"),
+                        );
                     }
                 }
                 Err(e) => c.err(format!("{sat}.address"), format!("bad address: {e}")),
@@ -298,7 +307,10 @@ impl PoolConfig {
                 c.err(format!("{h}.path"), "must start with '/'");
             }
             if hc.interval_ms < MIN_HC_INTERVAL_MS {
-                c.err(format!("{h}.interval_ms"), format!("must be at least {MIN_HC_INTERVAL_MS}"));
+                c.err(
+                    format!("{h}.interval_ms"),
+                    format!("must be at least {MIN_HC_INTERVAL_MS}"),
+                );
             }
             if hc.timeout_ms == 0 {
                 c.err(format!("{h}.timeout_ms"), "must be positive");
@@ -311,14 +323,22 @@ impl PoolConfig {
             }
         }
         let t = &self.timeouts;
-        for (k, v) in [("connect_ms", t.connect_ms), ("read_ms", t.read_ms), ("write_ms", t.write_ms), ("idle_ms", t.idle_ms)] {
+        for (k, v) in [
+            ("connect_ms", t.connect_ms),
+            ("read_ms", t.read_ms),
+            ("write_ms", t.write_ms),
+            ("idle_ms", t.idle_ms),
+        ] {
             if v == 0 {
                 c.err(format!("{at}.timeouts.{k}"), "must be positive");
             }
         }
         let o = &self.outlier_detection;
         if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
-            c.err(format!("{at}.outlier_detection"), "need 0 < base_ejection_ms <= max_ejection_ms");
+            c.err(
+                format!("{at}.outlier_detection"),
+                "need 0 < base_ejection_ms <= max_ejection_ms",
+            );
         }
         if self.ewma_decay_ms == 0 {
             c.err(format!("{at}.ewma_decay_ms"), "must be positive");
@@ -360,19 +380,56 @@ mod tests {
     #[test]
     fn each_kind_of_error_names_its_line() {
         let cases = [
-            (GOOD.replace("strategy: round_robin", "strategy: round_robin\n    colour: red"), "u.yaml:4: ", "unknown field `colour`"),
-            (GOOD.replace("127.0.0.1:8002", "nowhere"), "u.yaml:6: pools.api.servers.1.address", "bad address"),
-            (GOOD.replace("id: b", "id: a"), "u.yaml:6: pools.api.servers.1.id", "duplicate id"),
-            (GOOD.replace("pool: api }", "pool: web }"), "u.yaml:8: routes.0.pool", "missing pool"),
-            ("pools:\n  api:\n    servers: []\nroutes:\n  - { pool: api }\n".to_string(), "u.yaml:3: pools.api.servers", "empty pool"),
+            (
+                GOOD.replace("strategy: round_robin", "strategy: round_robin\n    colour: red"),
+                "u.yaml:4: ",
+                "unknown field `colour`",
+            ),
+            (
+                GOOD.replace("127.0.0.1:8002", "nowhere"),
+                "u.yaml:6: pools.api.servers.1.address",
+                "bad address",
+            ),
+            (
+                GOOD.replace("id: b", "id: a"),
+                "u.yaml:6: pools.api.servers.1.id",
+                "duplicate id",
+            ),
+            (
+                GOOD.replace("pool: api }", "pool: web }"),
+                "u.yaml:8: routes.0.pool",
+                "missing pool",
+            ),
+            (
+                "pools:\n  api:\n    servers: []\nroutes:\n  - { pool: api }\n".to_string(),
+                "u.yaml:3: pools.api.servers",
+                "empty pool",
+            ),
             (GOOD.replace("servers:\n", "servers:\n  - [\n"), "u.yaml:", ""),
-            (GOOD.replace("weight: 2", "weight: 0"), "u.yaml:6: pools.api.servers.1.weight", "weight"),
+            (
+                GOOD.replace("weight: 2", "weight: 0"),
+                "u.yaml:6: pools.api.servers.1.weight",
+                "weight",
+            ),
         ];
         for (text, prefix, needle) in cases {
             let e = errs(&text);
             assert!(!e.is_empty(), "expected an error for:\n{text}");
-            assert!(e[0].starts_with(prefix) && e[0].contains(needle), "got {e:?}, want {prefix}..{needle}");
+            assert!(
+                e[0].starts_with(prefix) && e[0].contains(needle),
+                "got {e:?}, want {prefix}..{needle}"
+            );
         }
+    }
+
+    #[test]
+    fn repeated_pools_are_an_error() {
+        let text = GOOD.replace(
+            "routes:",
+            "  api:\n    servers: [ { id: z, address: 127.0.0.1:9 } ]\nroutes:",
+        );
+        let e = errs(&text);
+        assert_eq!(e, vec!["u.yaml:7: pools.api: duplicate key".to_string()]);
     }
 
     #[test]

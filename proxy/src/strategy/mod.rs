@@ -175,7 +175,10 @@ fn least_connections<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, rng: &mut R
 }
 
 fn weighted_random<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, rng: &mut R) -> Option<usize> {
-    let total: u64 = (0..c.len()).filter(|&i| c.eligible(i)).map(|i| c.weight(i).max(1) as u64).sum();
+    let total: u64 = (0..c.len())
+        .filter(|&i| c.eligible(i))
+        .map(|i| c.weight(i).max(1) as u64)
+        .sum();
     if total == 0 {
         return None;
     }

@@ -204,8 +204,13 @@ impl BackendStats {
         self.failures.fetch_add(1, Relaxed);
         self.bump_error_rate(true);
         let (count, limit) = match kind {
-            Failure::Connect => (self.consecutive_connect.fetch_add(1, Relaxed) + 1, o.consecutive_connect_failures),
-            Failure::Status5xx | Failure::Transport => (self.consecutive_5xx.fetch_add(1, Relaxed) + 1, o.consecutive_5xx),
+            Failure::Connect => (
+                self.consecutive_connect.fetch_add(1, Relaxed) + 1,
+                o.consecutive_connect_failures,
+            ),
+            Failure::Status5xx | Failure::Transport => {
+                (self.consecutive_5xx.fetch_add(1, Relaxed) + 1, o.consecutive_5xx)
+            }
         };
         if limit == 0 || count < limit {
             return None;
@@ -266,7 +271,12 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_with_backoff() {
         let s = stats(false);
-        let o = OutlierConfig { consecutive_5xx: 3, consecutive_connect_failures: 1, base_ejection_ms: 100, max_ejection_ms: 250 };
+        let o = OutlierConfig {
+            consecutive_5xx: 3,
+            consecutive_connect_failures: 1,
+            base_ejection_ms: 100,
+            max_ejection_ms: 250,
+        };
         assert_eq!(s.record_failure(Failure::Status5xx, &o), None);
         assert_eq!(s.record_failure(Failure::Status5xx, &o), None);
         assert_eq!(s.record_failure(Failure::Status5xx, &o), Some(100));

@@ -116,7 +116,12 @@ impl Upstreams {
             .collect();
         // Most specific first: exact host, then the longest wildcard suffix, then `*`; within
         // a host, the longest path prefix. The sort is stable, so equal routes keep file order.
-        routes.sort_by(|a, b| b.host.rank().cmp(&a.host.rank()).then(b.prefix.len().cmp(&a.prefix.len())));
+        routes.sort_by(|a, b| {
+            b.host
+                .rank()
+                .cmp(&a.host.rank())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
+        });
         (Upstreams { pools, routes }, added)
     }
 

@@ -83,10 +83,9 @@ impl BackendSelection for PoolSelector {
             .iter()
             .filter_map(|b| {
                 let addr = inet(b)?;
-                let stats = members
-                    .get(&addr)
-                    .cloned()
-                    .unwrap_or_else(|| BackendStats::new(shared.name.clone(), &addr.to_string(), addr, b.weight as u32, false));
+                let stats = members.get(&addr).cloned().unwrap_or_else(|| {
+                    BackendStats::new(shared.name.clone(), &addr.to_string(), addr, b.weight as u32, false)
+                });
                 Some((b.clone(), stats))
             })
             .collect();
@@ -272,13 +271,26 @@ impl Pool {
     }
 
     /// Chooses a backend, excluding those already tried by this request.
+    ///
+    /// Pingora's own readiness flag is ignored: it is keyed by address *and* weight, so a
+    /// selector built just before a re-weighting reload would see every backend as "not
+    /// ready". Eligibility (health, ejection) is decided by our selector from `BackendStats`.
     pub fn select(&self, tried: &[SocketAddr]) -> Option<Arc<BackendStats>> {
-        let members = self.shared.members.load();
-        let max = members.list.len() + 1;
-        let b = self
-            .lb
-            .select_with(b"", max, |b, ready| ready && inet(b).is_some_and(|a| !tried.contains(&a)))?;
-        members.get(&inet(&b)?).cloned()
+        let mut skip: Vec<SocketAddr> = Vec::new();
+        // A selector older than the member map may offer a server a reload just removed;
+        // skip it once and choose again.
+        for _ in 0..2 {
+            let max = self.shared.members.load().list.len() + 1;
+            let b = self.lb.select_with(b"", max, |b, _ready| {
+                inet(b).is_some_and(|a| !tried.contains(&a) && !skip.contains(&a))
+            })?;
+            let addr = inet(&b)?;
+            if let Some(stats) = self.shared.members.load().get(&addr) {
+                return Some(stats.clone());
+            }
+            skip.push(addr);
+        }
+        None
     }
 }
 
@@ -297,12 +309,23 @@ mod tests {
     #[test]
     fn live_state_survives_rebuilds_and_strategy_changes() {
         let pool = Pool::new("p", &pool_cfg(THREE, "    strategy: round_robin\n"));
-        let a = pool.members().get(&"127.0.0.1:9001".parse().expect("addr")).cloned().expect("a");
+        let a = pool
+            .members()
+            .get(&"127.0.0.1:9001".parse().expect("addr"))
+            .cloned()
+            .expect("a");
         let _inflight = a.load.track();
         // Re-weight (selector rebuild) and switch strategy.
-        let cfg = pool_cfg(&THREE.replace("9002 }", "9002, weight: 3 }"), "    strategy: least_connections\n");
+        let cfg = pool_cfg(
+            &THREE.replace("9002 }", "9002, weight: 3 }"),
+            "    strategy: least_connections\n",
+        );
         assert!(pool.apply(&cfg).is_empty());
-        let a2 = pool.members().get(&"127.0.0.1:9001".parse().expect("addr")).cloned().expect("a");
+        let a2 = pool
+            .members()
+            .get(&"127.0.0.1:9001".parse().expect("addr"))
+            .cloned()
+            .expect("a");
         assert!(Arc::ptr_eq(&a, &a2));
         // least_connections now avoids the busy `a`.
         for _ in 0..20 {
