@@ -57,24 +57,26 @@ import json, sys, os
 work = sys.argv[1]
 names = ["round_robin", "weighted_round_robin", "least_connections", "p2c_ewma"]
 rows = [json.load(open(os.path.join(work, n + ".json"))) for n in names]
-base = rows[0]["latency_ms"]["p99"] or 1
-print(f"{'strategy':<22}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99 vs rr':>10}   share backend-1/2/3")
+print(f"{'strategy':<22}{'requests':>9}{'errors':>8}{'mean ms':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}   share backend-1/2/3")
 for r in rows:
     lat = r["latency_ms"]; share = r.get("share", {})
     s = " / ".join(f"{100*share.get(b, 0):.0f}%" for b in ("backend-1", "backend-2", "backend-3"))
-    print(f"{r['label']:<22}{r['sent']:>9}{r['errors']:>8}{lat['p50']:>9.2f}{lat['p99']:>9.2f}{lat['p99']/base:>9.2f}x   {s}")
+    print(f"{r['label']:<22}{r['sent']:>9}{r['errors']:>8}{lat['mean']:>9.2f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}   {s}")
 print()
-print("p2c_ewma learns each backend's latency from live traffic and sends most requests to the")
-print("fast ones; round robin sends a third of them to the 20 ms backend.")
+rr, p2c = rows[0]["latency_ms"], rows[-1]["latency_ms"]
+print(f"p2c_ewma learns each backend's latency from live traffic and sends most requests to the fast")
+print(f"ones: mean {p2c['mean']:.2f} ms against {rr['mean']:.2f} ms for round robin, which sends a third to the 20 ms backend.")
 PY
 
 echo
 echo "What the proxy reports (GET http://127.0.0.1:8090/api/v1/servers):"
-curl -s http://127.0.0.1:8090/api/v1/servers | python3 -c '
+curl -s http://127.0.0.1:8090/api/v1/servers >"$work/servers.json"
+python3 - "$work/servers.json" <<'PY'
 import json, sys
-for s in json.load(sys.stdin):
+for s in json.load(open(sys.argv[1])):
     lat = s["ewma_latency_ms"]
-    print(f"  {s[\"id\"]:<10} {s[\"address\"]:<16} healthy={str(s[\"healthy\"]).lower():<5} requests={s[\"requests\"]:<6} ewma_latency={lat if lat is None else round(lat, 2)} ms")
-'
+    lat = "n/a" if lat is None else f"{lat:.2f} ms"
+    print(f"  {s['id']:<10} {s['address']:<16} healthy={str(s['healthy']).lower():<5} requests={s['requests']:<6} latency estimate={lat}")
+PY
 echo
 echo "Metrics: curl -s http://127.0.0.1:8090/metrics | grep neurabalancer_   (while the demo runs)"
