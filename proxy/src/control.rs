@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
-use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{self, ConfigErrors, LoadedConfig, MainConfig};
 use crate::metrics::metrics;
@@ -260,8 +260,24 @@ async fn drain_then_exit(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     std::process::exit(0);
 }
 
+/// Marks the process as draining as soon as Pingora starts a graceful terminate or hands
+/// its sockets to an upgraded process (5 s before it stops accepting).
+async fn watch_phases(shared: Arc<Shared>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 pub struct Control {
     pub shared: Arc<Shared>,
+    /// Pingora's execution phases, subscribed before the server runs.
+    pub phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
 }
 
 #[async_trait]
@@ -271,7 +287,12 @@ impl BackgroundService for Control {
         let watch = tokio::spawn(watch_files(shared.clone()));
         let hup = tokio::spawn(on_sighup(shared.clone()));
         let health = tokio::spawn(crate::health::run(shared.clone(), shutdown.clone()));
-        drain_then_exit(shared, shutdown).await;
+        let phases = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let phases = phases.map(|rx| tokio::spawn(watch_phases(shared.clone(), rx)));
+        drain_then_exit(shared.clone(), shutdown).await;
+        if let Some(p) = phases {
+            p.abort();
+        }
         watch.abort();
         hup.abort();
         health.abort();

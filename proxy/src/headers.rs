@@ -34,42 +34,49 @@ fn connection_tokens(value: Option<&http::HeaderValue>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn is_upgrade(tokens: &[String]) -> bool {
-    tokens.iter().any(|t| t == "upgrade")
+/// Removes hop-by-hop headers through `remove`; `upgrade` keeps `Upgrade` and `Connection`
+/// for protocol upgrades.
+fn strip_hop_by_hop(
+    connection: Option<&http::HeaderValue>,
+    upgrade: impl Fn(&[String]) -> bool,
+    mut remove: impl FnMut(&str),
+) {
+    let tokens = connection_tokens(connection);
+    for t in &tokens {
+        if t != "upgrade" && t != "close" && t != "keep-alive" {
+            remove(t);
+        }
+    }
+    for h in HOP_BY_HOP {
+        remove(h);
+    }
+    if !upgrade(&tokens) {
+        remove("upgrade");
+        remove(CONNECTION.as_str());
+    }
 }
 
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
-    let tokens = connection_tokens(req.headers.get(CONNECTION));
-    let upgrade = is_upgrade(&tokens);
-    for t in &tokens {
-        if t != "upgrade" && t != "close" && t != "keep-alive" {
-            req.remove_header(t.as_str());
-        }
-    }
-    for h in HOP_BY_HOP {
-        req.remove_header(*h);
-    }
-    if !upgrade {
-        req.remove_header("upgrade");
-        req.remove_header(&CONNECTION);
-    }
+    let connection = req.headers.get(CONNECTION).cloned();
+    strip_hop_by_hop(
+        connection.as_ref(),
+        |t| t.iter().any(|t| t == "upgrade"),
+        |h| {
+            req.remove_header(h);
+        },
+    );
 }
 
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    let tokens = connection_tokens(resp.headers.get(CONNECTION));
-    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    for t in &tokens {
-        if t != "upgrade" && t != "close" && t != "keep-alive" {
-            resp.remove_header(t.as_str());
-        }
-    }
-    for h in HOP_BY_HOP {
-        resp.remove_header(*h);
-    }
-    if !upgrade {
-        resp.remove_header("upgrade");
-        resp.remove_header(&CONNECTION);
-    }
+    let connection = resp.headers.get(CONNECTION).cloned();
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(
+        connection.as_ref(),
+        |_| switching,
+        |h| {
+            resp.remove_header(h);
+        },
+    );
 }
 
 /// A client-sent request id is kept when it is short printable ASCII; otherwise we make one.

@@ -7,7 +7,7 @@
 //! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones (503 when none); its in-flight guard starts |
 //! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in |
 //! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); hop-by-hop out |
-//! | `response_filter` | `X-Request-Id` echoed to the client |
+//! | `response_filter` | `X-Request-Id` echoed to the client; `Connection: close` while draining |
 //! | `fail_to_connect` / `error_while_proxy` | passive health; retry on another backend, capped by the pool's `max_retries` |
 //! | `logging` | metrics, once per request, success or failure |
 
@@ -206,8 +206,11 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.response_started = true;
+        if self.shared.draining.load(Relaxed) {
+            session.set_keepalive(None);
+        }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }

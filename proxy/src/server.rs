@@ -92,7 +92,13 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
     admin.add_tcp(&m.admin.listen.to_string());
     admin.threads = Some(1);
 
-    let control = background_service("control", Control { shared: shared.clone() });
+    let control = background_service(
+        "control",
+        Control {
+            shared: shared.clone(),
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);

@@ -1,7 +1,7 @@
 //! State shared by the proxy, admin and control services (each runs on its own Pingora
 //! runtime; they meet only through these `Arc`s and channels).
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -35,6 +35,9 @@ pub struct Shared {
     pub upstreams: ArcSwap<Upstreams>,
     pub config: ArcSwap<ConfigState>,
     pub inflight_requests: AtomicUsize,
+    /// Set once a graceful shutdown or upgrade starts: responses then close their
+    /// connection, so keep-alive clients move to a new one instead of meeting a closed socket.
+    pub draining: AtomicBool,
     pub admin_token: Option<String>,
     /// Bumped after every applied reload; the health checker restarts its probes on it.
     pub generation: watch::Sender<u64>,
@@ -53,6 +56,7 @@ impl Shared {
                 last_reload: None,
             }),
             inflight_requests: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             admin_token,
             generation: watch::Sender::new(1),
             reload_lock: std::sync::Mutex::new(()),

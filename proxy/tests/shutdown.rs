@@ -68,7 +68,8 @@ async fn graceful_upgrade_hands_over_the_listeners_without_failing_a_request() {
     let b = backends(2, Duration::from_millis(2)).await;
     let mut old = Proxy::start(&upstreams("round_robin", &servers(&b), "")).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let run = load(old.url("/"), 4, stop.clone());
+    let retried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run = load_opts(old.url("/"), 4, stop.clone(), Some(retried.clone()));
     let mut new = old.spawn_upgrade();
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.signal("QUIT");
@@ -88,14 +89,15 @@ async fn graceful_upgrade_hands_over_the_listeners_without_failing_a_request() {
         "traffic flowed after the old process left ({before} -> {after})"
     );
     assert_eq!(old.admin_get("/health/live").await.0, 200, "admin port handed over too");
-    let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed, e.g. {:?}",
-        failed.len(),
-        results.len(),
-        failed.first()
+    assert_all_ok(&results);
+    // While draining, responses close their connections, so clients seldom meet a socket
+    // closed under them; each such retry is a GET the old process never read.
+    let retried = retried.load(Relaxed);
+    eprintln!(
+        "upgrade: {} requests, {retried} retried after a closed keep-alive connection",
+        results.len()
     );
+    assert!(retried <= 4, "{retried} retries");
     let _ = new.kill();
     let _ = new.wait();
 }

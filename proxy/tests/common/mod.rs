@@ -247,12 +247,7 @@ impl Proxy {
     pub async fn get(&self, path: &str) -> (u16, String) {
         match self.client.get(self.url(path)).send().await {
             Ok(r) => {
-                let id = r
-                    .headers()
-                    .get("x-backend-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let id = backend_id(&r);
                 let st = r.status().as_u16();
                 let _ = r.bytes().await;
                 (st, id)
@@ -304,6 +299,27 @@ where
     None
 }
 
+/// The `x-backend-id` of a response ("" when absent).
+pub fn backend_id(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-backend-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Asserts that every result of a load run is a 200.
+pub fn assert_all_ok(results: &[(u16, String)]) {
+    let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed, e.g. {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+}
+
 /// Counts backend ids in a batch of responses.
 pub fn tally(ids: &[(u16, String)]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
@@ -319,6 +335,32 @@ pub fn load(
     concurrency: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<(u16, String)>> {
+    load_opts(proxy_url, concurrency, stop, None)
+}
+
+async fn get_once(client: &reqwest::Client, url: &str) -> (u16, String) {
+    match client.get(url).send().await {
+        Ok(r) => {
+            let id = backend_id(&r);
+            let st = r.status().as_u16();
+            match r.bytes().await {
+                Ok(_) => (st, id),
+                Err(e) => (0, format!("body error: {e}")),
+            }
+        }
+        Err(e) => (0, format!("error: {e}")),
+    }
+}
+
+/// Like [`load`]; with `retries` set, a GET that failed at the transport level is sent once
+/// more (as HTTP/1.1 clients may do for idempotent requests on a persistent connection the
+/// server closed) and counted there.
+pub fn load_opts(
+    proxy_url: String,
+    concurrency: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    retries: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+) -> tokio::task::JoinHandle<Vec<(u16, String)>> {
     tokio::spawn(async move {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
@@ -329,25 +371,15 @@ pub fn load(
             let client = client.clone();
             let url = proxy_url.clone();
             let stop = stop.clone();
+            let retries = retries.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = match client.get(&url).send().await {
-                        Ok(r) => {
-                            let id = r
-                                .headers()
-                                .get("x-backend-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let st = r.status().as_u16();
-                            match r.bytes().await {
-                                Ok(_) => (st, id),
-                                Err(e) => (0, format!("body error: {e}")),
-                            }
-                        }
-                        Err(e) => (0, format!("error: {e}")),
-                    };
+                    let mut r = get_once(&client, &url).await;
+                    if let (0, Some(n)) = (r.0, retries.as_ref()) {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        r = get_once(&client, &url).await;
+                    }
                     out.push(r);
                 }
                 out
