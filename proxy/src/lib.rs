@@ -16,5 +16,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod state;
-pub mod strategy;
+pub use nb_strategy as strategy;
 pub mod upstream;
