@@ -53,6 +53,10 @@ async fn killing_a_backend_under_load_fails_no_request() {
     assert_all_ok(&results);
     assert!(results.len() > 500, "load ran: {}", results.len());
     let counts = tally(&results);
+    eprintln!(
+        "kill under load: {} requests, 0 failed; unhealthy after {down_after:?}, healthy again after {up_after:?} ({counts:?})",
+        results.len()
+    );
     assert!(counts.get("backend-2").copied().unwrap_or(0) > 0);
     // Two intervals (fall = 2) plus the admin poll and one probe timeout of slack.
     let bound = Duration::from_millis(2 * INTERVAL_MS + 250);
