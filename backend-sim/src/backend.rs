@@ -1,37 +1,49 @@
-//! A running simulated backend and how it answers requests.
+//! A running simulated backend: spawning, the handle, and its life over time.
 //!
-//! Everything a test may change at run time (delay, status, health) lives in
-//! `Shared` as atomics read once per request, so changes apply to new
-//! requests without locks on the hot path. Richer behaviours (latency
-//! distributions, slots and queues, phases, load headers) are meant to grow
-//! here as further fields of `Shared` consulted by `Shared::answer`.
+//! A backend is a [`Profile`] served over HTTP (see [`crate::sim`] for how
+//! requests are answered). Two ways in:
 //!
-//! The lifecycle (stop = crash, restart on the same address) is delegated to
-//! `crate::server`; a handle only remembers the bound address and the
-//! currently running server, if any.
+//! * [`spawn_profile`]: a profile and the fleet's epoch — what fleet files,
+//!   `nb-bench` and the lab use.
+//! * [`spawn`]: the original [`BackendSpec`] API of the proxy's tests, mapped
+//!   to a profile with a constant service time and slots and a queue so large
+//!   they never fill, no ORCA header, so those tests see exactly the backend
+//!   they always did.
+//!
+//! Life over time: the listener is up or down. Phases (`down: true/false`)
+//! and [`BackendHandle::control`] move it, and so do [`BackendHandle::stop`]
+//! (a crash: listener and every connection dropped) and
+//! [`BackendHandle::restart`]. While down the port stays reserved (bound, not
+//! listening), so connections are refused and the backend comes back on the
+//! same address. A per-backend driver task sleeps until the next phase
+//! boundary (or a change of the profile) and applies it then; it reacts
+//! only to *changes* of the phase state, so a manual stop or restart holds
+//! until the next boundary that says otherwise.
 
-use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
+use hyper::header::HeaderValue;
+use hyper::StatusCode;
+use tokio::net::TcpSocket;
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
-use crate::server::{self, Body, Handler, Running};
+use crate::model::Profile;
+use crate::server::{self, Running};
+use crate::sim::state::{Padding, Sim};
+use crate::sim::{Control, Stats};
 use crate::spec::BackendSpec;
 
 /// Header naming the backend that produced a response.
 pub const BACKEND_ID_HEADER: &str = "x-backend-id";
 /// Path answered by health checks.
 pub const HEALTH_PATH: &str = "/health";
+
+/// How long the driver waits before retrying to listen again after a failure.
+const RELISTEN_RETRY: Duration = Duration::from_millis(200);
 
 /// Starts a backend as described by `spec` and returns once it is listening.
 ///
@@ -40,28 +52,50 @@ pub const HEALTH_PATH: &str = "/health";
 pub async fn spawn(spec: BackendSpec) -> io::Result<BackendHandle> {
     StatusCode::from_u16(spec.status)
         .map_err(|_| invalid_input(format!("backend {}: invalid status code {}", spec.id, spec.status)))?;
-    let id_header = HeaderValue::from_str(&spec.id)
-        .map_err(|_| invalid_input(format!("backend id {:?} is not a valid header value", spec.id)))?;
-    let listener = server::bind(spec.listen)?;
-    let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        id: spec.id,
-        id_header,
-        delay_nanos: AtomicU64::new(nanos(spec.delay)),
-        status: AtomicU16::new(spec.status),
-        healthy: AtomicBool::new(true),
-        pad: "x".repeat(spec.body_bytes),
-        served: AtomicU64::new(0),
-        health_checks: AtomicU64::new(0),
+    let profile = spec.profile();
+    start(profile, Instant::now(), spec.status, Padding::Pad(spec.body_bytes)).await
+}
+
+/// Starts a backend following `profile`, its phases timed from `epoch`, and
+/// returns once its address is bound: listening, or reserved if the profile
+/// says it is down at first (it joins late). Listens on `profile.listen`,
+/// else on 127.0.0.1 on a free port.
+///
+/// Fails if the profile is invalid ([`Profile::validate`]), its id is not a
+/// valid header value, or the address cannot be bound.
+pub async fn spawn_profile(profile: Profile, epoch: Instant) -> io::Result<BackendHandle> {
+    profile.validate().map_err(invalid_input)?;
+    let padding = Padding::Total(profile.response_bytes);
+    start(profile, epoch, 200, padding).await
+}
+
+async fn start(mut profile: Profile, epoch: Instant, status: u16, padding: Padding) -> io::Result<BackendHandle> {
+    let id_header = HeaderValue::from_str(&profile.id)
+        .map_err(|_| invalid_input(format!("backend id {:?} is not a valid header value", profile.id)))?;
+    let listen = profile
+        .listen
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let socket = server::reserve(listen)?;
+    let addr = socket.local_addr()?;
+    profile.listen = Some(addr);
+    let sim = Arc::new(Sim::new(profile, epoch, status, padding, id_header));
+    let (down, slots, _) = sim.schedule(sim.t_s());
+    sim.slots.set_limit(slots);
+    let state = if down {
+        Listener::Down(Some(socket))
+    } else {
+        sim.set_listening(true);
+        Listener::Up(Running::start(server::listen(socket)?, Arc::clone(&sim)))
+    };
+    let inner = Arc::new(Inner {
+        addr,
+        sim,
+        listener: Mutex::new(state),
+        driver: std::sync::Mutex::new(None),
     });
-    let running = Running::start(listener, Arc::clone(&shared));
-    Ok(BackendHandle {
-        inner: Arc::new(Inner {
-            addr,
-            shared,
-            server: Mutex::new(Some(running)),
-        }),
-    })
+    let driver = tokio::spawn(drive(Arc::downgrade(&inner), down));
+    *inner.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver);
+    Ok(BackendHandle { inner })
 }
 
 /// Control over a running (or stopped) backend.
@@ -75,10 +109,101 @@ pub struct BackendHandle {
 #[derive(Debug)]
 struct Inner {
     addr: SocketAddr,
-    shared: Arc<Shared>,
-    /// `None` while stopped. An async mutex so that `stop` and `restart`
-    /// are serialised: a restart never races the listener of a stop.
-    server: Mutex<Option<Running>>,
+    sim: Arc<Sim>,
+    /// An async mutex so that stops and restarts (from the handle or the
+    /// driver) are serialised: a restart never races the listener of a stop.
+    listener: Mutex<Listener>,
+    driver: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+enum Listener {
+    Up(Running),
+    /// The port, reserved if that worked.
+    Down(Option<TcpSocket>),
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let driver = self.driver.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = driver.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    /// Crashes the backend: closes the listener and drops every connection.
+    async fn go_down(&self) {
+        let mut listener = self.listener.lock().await;
+        if let Listener::Up(_) = &*listener {
+            if let Listener::Up(running) = std::mem::replace(&mut *listener, Listener::Down(None)) {
+                running.stop().await;
+            }
+            self.sim.set_listening(false);
+            *listener = Listener::Down(server::reserve(self.addr).ok());
+        }
+    }
+
+    /// Listens again on the same address; a no-op when up.
+    async fn go_up(&self) -> io::Result<()> {
+        let mut listener = self.listener.lock().await;
+        if let Listener::Down(reserved) = &mut *listener {
+            let socket = match reserved.take() {
+                Some(s) => server::listen(s)?,
+                None => server::bind(self.addr)?,
+            };
+            *listener = Listener::Up(Running::start(socket, Arc::clone(&self.sim)));
+            self.sim.set_listening(true);
+        }
+        Ok(())
+    }
+}
+
+/// Applies phase boundaries on time; ends when the backend is dropped.
+async fn drive(inner: Weak<Inner>, mut down: bool) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let sim = Arc::clone(&strong.sim);
+        let t = sim.t_s();
+        let (want_down, slots, next) = sim.schedule(t);
+        sim.slots.set_limit(slots);
+        let mut retry = None;
+        if want_down && !down {
+            strong.go_down().await;
+            tracing::info!(backend = %sim.id, addr = %strong.addr, t_s = t, "backend down (phase)");
+            down = true;
+        } else if !want_down && down {
+            match strong.go_up().await {
+                Ok(()) => {
+                    tracing::info!(backend = %sim.id, addr = %strong.addr, t_s = t, "backend up (phase)");
+                    down = false;
+                }
+                Err(err) => {
+                    tracing::warn!(backend = %sim.id, addr = %strong.addr, "cannot listen again: {err}");
+                    retry = Some(Instant::now() + RELISTEN_RETRY);
+                }
+            }
+        }
+        drop(strong);
+        let boundary = next
+            .and_then(|at| Duration::try_from_secs_f64(at).ok())
+            .and_then(|d| sim.epoch.checked_add(d));
+        let wake = match (boundary, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let changed = sim.changed.notified();
+        match wake {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
 }
 
 impl BackendHandle {
@@ -89,174 +214,87 @@ impl BackendHandle {
 
     /// The backend's id.
     pub fn id(&self) -> &str {
-        &self.inner.shared.id
+        &self.inner.sim.id
     }
 
-    /// Sets the delay of requests that arrive from now on.
+    /// The instant its phases are timed from.
+    pub fn epoch(&self) -> Instant {
+        self.inner.sim.epoch
+    }
+
+    /// The profile as it stands, run-time changes included (as phases).
+    pub fn profile(&self) -> Profile {
+        self.inner.sim.profile()
+    }
+
+    /// What `GET /stats` would answer now.
+    pub fn stats(&self) -> Stats {
+        self.inner.sim.stats()
+    }
+
+    /// Changes the backend now, like `POST /control` but `down` takes effect
+    /// before this returns (including `down: false`, which HTTP cannot reach).
+    pub async fn control(&self, change: &Control) -> Result<Stats, String> {
+        self.inner.sim.control(change, false)?;
+        match change.down {
+            Some(true) => self.inner.go_down().await,
+            Some(false) => self
+                .inner
+                .go_up()
+                .await
+                .map_err(|e| format!("cannot listen again: {e}"))?,
+            None => {}
+        }
+        Ok(self.stats())
+    }
+
+    /// Sets the delay (constant service time) of requests that arrive from
+    /// now on; per-class service times of a profile are unaffected.
     pub fn set_delay(&self, delay: Duration) {
-        self.inner.shared.delay_nanos.store(nanos(delay), Ordering::Relaxed);
+        self.inner.sim.set_delay_ms(delay.as_secs_f64() * 1000.0);
     }
 
     /// Sets the status of non-health responses. A code that is not a valid
     /// HTTP status (outside 100..=999) is answered as 500.
     pub fn set_status(&self, code: u16) {
-        self.inner.shared.status.store(code, Ordering::Relaxed);
+        self.inner.sim.set_status(code);
     }
 
     /// Makes `GET /health` answer 200 (`true`) or 503 (`false`).
     pub fn set_healthy(&self, healthy: bool) {
-        self.inner.shared.healthy.store(healthy, Ordering::Relaxed);
+        self.inner.sim.set_healthy(healthy);
     }
 
-    /// Non-health requests answered so far (across restarts).
+    /// Non-health requests answered after their service time so far (across
+    /// restarts); fast 503s and hangs are not counted.
     pub fn served(&self) -> u64 {
-        self.inner.shared.served.load(Ordering::Relaxed)
+        self.inner.sim.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Health checks answered so far (across restarts), 200 or 503.
     pub fn health_checks(&self) -> u64 {
-        self.inner.shared.health_checks.load(Ordering::Relaxed)
+        self.inner.sim.health_checks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the backend is currently listening.
     pub async fn is_running(&self) -> bool {
-        self.inner.server.lock().await.is_some()
+        matches!(*self.inner.listener.lock().await, Listener::Up(_))
     }
 
     /// Crashes the backend: closes the listener and drops every open
     /// connection, in-flight requests included. When it returns, connecting to
     /// [`addr`](Self::addr) is refused. Does nothing if already stopped.
     pub async fn stop(&self) {
-        let mut server = self.inner.server.lock().await;
-        if let Some(running) = server.take() {
-            running.stop().await;
-        }
+        self.inner.go_down().await;
     }
 
     /// Listens again on the same address with the current settings. Does
     /// nothing if already running.
     pub async fn restart(&self) -> io::Result<()> {
-        let mut server = self.inner.server.lock().await;
-        if server.is_none() {
-            let listener = server::bind(self.inner.addr)?;
-            *server = Some(Running::start(listener, Arc::clone(&self.inner.shared)));
-        }
-        Ok(())
+        self.inner.go_up().await
     }
-}
-
-/// State shared by the handle and the request handlers.
-#[derive(Debug)]
-struct Shared {
-    id: String,
-    /// `id` as a header value, validated once at spawn.
-    id_header: HeaderValue,
-    delay_nanos: AtomicU64,
-    status: AtomicU16,
-    healthy: AtomicBool,
-    pad: String,
-    served: AtomicU64,
-    health_checks: AtomicU64,
-}
-
-/// Body of non-health responses.
-#[derive(Serialize)]
-struct Reply<'a> {
-    backend: &'a str,
-    method: &'a str,
-    path: &'a str,
-    /// The raw query string, `""` when there is none.
-    query: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    pad: &'a str,
-}
-
-#[derive(Serialize)]
-struct Health<'a> {
-    status: &'a str,
-    backend: &'a str,
-}
-
-impl Shared {
-    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        // Read and discard the body first, so keep-alive connections stay
-        // usable and uploads are paced like a real server's.
-        if let Err(err) = drain(body).await {
-            tracing::debug!(backend = %self.id, "request body failed: {err}");
-            return self.json(StatusCode::BAD_REQUEST, b"{}".to_vec());
-        }
-
-        if parts.method == Method::GET && parts.uri.path() == HEALTH_PATH {
-            self.health_checks.fetch_add(1, Ordering::Relaxed);
-            let (status, word) = if self.healthy.load(Ordering::Relaxed) {
-                (StatusCode::OK, "ok")
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
-            };
-            return self.json(
-                status,
-                to_json(&Health {
-                    status: word,
-                    backend: &self.id,
-                }),
-            );
-        }
-
-        let delay = Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed));
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let status =
-            StatusCode::from_u16(self.status.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = to_json(&Reply {
-            backend: &self.id,
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            pad: &self.pad,
-        });
-        self.served.fetch_add(1, Ordering::Relaxed);
-        self.json(status, body)
-    }
-
-    fn json(&self, status: StatusCode, body: Vec<u8>) -> Response<Body> {
-        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(never).boxed());
-        *resp.status_mut() = status;
-        let headers = resp.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(BACKEND_ID_HEADER, self.id_header.clone());
-        resp
-    }
-}
-
-impl Handler for Shared {
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        Ok(self.answer(req).await)
-    }
-}
-
-/// Reads a body to its end, discarding the data.
-async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
-    while let Some(frame) = body.frame().await {
-        frame?;
-    }
-    Ok(())
-}
-
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising these plain structs of strings cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-pub(crate) fn never(never: Infallible) -> hyper::Error {
-    match never {}
 }
 
 fn invalid_input(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

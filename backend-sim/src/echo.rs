@@ -8,7 +8,6 @@
 //! bytes before it has sent the rest.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use hyper::{Request, Response};
 use tokio::sync::Mutex;
 
 use crate::backend::BACKEND_ID_HEADER;
-use crate::server::{self, Body, Handler, Running};
+use crate::server::{self, Body, Handler, HangUp, Running};
 
 /// Response header carrying the request method.
 pub const ECHO_METHOD_HEADER: &str = "x-echo-method";
@@ -65,7 +64,7 @@ impl EchoHandle {
 struct Echo;
 
 impl Handler for Echo {
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, HangUp> {
         let (parts, body) = req.into_parts();
 
         let mut headers: BTreeMap<&str, Vec<String>> = BTreeMap::new();

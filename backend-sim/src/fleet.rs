@@ -1,53 +1,65 @@
-//! The fleet file: several backends described in YAML.
+//! The fleet file: several backends described in YAML, each a [`Profile`].
 //!
 //! ```yaml
 //! backends:
-//!   - { id: backend-1, listen: "127.0.0.1:8001", delay_ms: 5, status: 200 }
+//!   - id: backend-1
+//!     listen: "127.0.0.1:8001"     # optional; default 127.0.0.1 on a free port
+//!     slots: 8                     # default 64
+//!     queue: 100                   # default 1024
+//!     service: { dist: exponential, mean_ms: 10 }
+//!     classes: [ { path_prefix: /heavy, service: { dist: constant, ms: 200 } } ]
+//!     errors: { fast_503: 0.01 }
+//!     warmup: { duration_s: 30, factor: 3 }
+//!     phases:
+//!       - { at_s: 60, slowdown: 4 }
+//!       - { at_s: 90, down: true }
+//!       - { at_s: 100, down: false }
+//!   - { id: pool, count: 3, listen: "127.0.0.1:8010", service: { dist: constant, ms: 5 } }
 //! ```
 //!
+//! It is the same schema as a scenario's `fleet:` ([`crate::scenario`]), so a
+//! fleet can move between the two. An entry with `count: N` stands for N
+//! identical backends `id-1` … `id-N`; with a fixed port P they listen on P …
+//! P+N-1 (port 0: each on a free port). Phases are timed from the fleet's
+//! epoch: `backend-sim --epoch-unix-ms`, else the start of the process.
+//!
 //! Unknown keys are rejected (`deny_unknown_fields`) so that a typo such as
-//! `delay: 5` fails loudly instead of silently simulating a zero delay. The
-//! schema is separate from [`BackendSpec`] so it can use file-friendly units
-//! and grow new sections without touching the library API.
+//! `slot: 5` fails loudly instead of silently simulating the default.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
-use hyper::StatusCode;
 use serde::Deserialize;
 
-use crate::backend::{spawn, BackendHandle};
-use crate::spec::BackendSpec;
+use crate::backend::{spawn_profile, BackendHandle};
+use crate::model::Profile;
 
-/// A parsed and validated fleet file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The file as written, before `count` is expanded.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FleetFile {
+    backends: Vec<Profile>,
+}
+
+/// A parsed and validated fleet file, `count` expanded.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
     /// The backends to start, in order.
     pub backends: Vec<BackendEntry>,
 }
 
 /// One backend of a fleet file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendEntry {
-    /// Backend id (must be unique in the file).
+    /// Backend id (unique in the file); the same as `profile.id`.
     pub id: String,
-    /// Listen address; defaults to `127.0.0.1:0`.
-    #[serde(default = "default_listen")]
+    /// Listen address (`127.0.0.1:0` unless given); the same as `profile.listen`.
     pub listen: SocketAddr,
-    /// Per-request delay in milliseconds; defaults to 0.
-    #[serde(default)]
-    pub delay_ms: u64,
-    /// Status of non-health responses; defaults to 200.
-    #[serde(default = "default_status")]
-    pub status: u16,
-    /// Padding added to response bodies; defaults to 0.
-    #[serde(default)]
-    pub body_bytes: usize,
+    /// The backend's behaviour, `listen` set and `count` cleared.
+    pub profile: Profile,
 }
 
 /// Why a fleet file could not be used.
@@ -67,22 +79,27 @@ pub enum ConfigError {
     /// Two backends share an id.
     #[error("duplicate backend id {0:?}")]
     DuplicateId(String),
-    /// A status is not a valid HTTP status code.
-    #[error("backend {id:?}: invalid status code {status}")]
-    InvalidStatus {
-        /// The backend.
-        id: String,
-        /// The offending code.
-        status: u16,
-    },
+    /// A backend's values are invalid (see [`Profile::validate`]).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl FleetConfig {
     /// Parses and validates a fleet file's contents.
     pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_yaml::from_str(yaml)?;
-        cfg.validate()?;
-        Ok(cfg)
+        let file: FleetFile = serde_yaml::from_str(yaml)?;
+        let mut backends = Vec::new();
+        for p in file.backends {
+            expand(p, &mut backends)?;
+        }
+        let mut ids = HashSet::new();
+        for b in &backends {
+            if !ids.insert(b.id.as_str()) {
+                return Err(ConfigError::DuplicateId(b.id.clone()));
+            }
+            b.profile.validate().map_err(ConfigError::Invalid)?;
+        }
+        Ok(Self { backends })
     }
 
     /// Reads, parses and validates a fleet file.
@@ -95,50 +112,62 @@ impl FleetConfig {
         Self::from_yaml(&yaml)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let mut ids = HashSet::new();
-        for b in &self.backends {
-            if !ids.insert(b.id.as_str()) {
-                return Err(ConfigError::DuplicateId(b.id.clone()));
-            }
-            if StatusCode::from_u16(b.status).is_err() {
-                return Err(ConfigError::InvalidStatus {
-                    id: b.id.clone(),
-                    status: b.status,
-                });
-            }
+    /// The profiles of the fleet, in order.
+    pub fn profiles(&self) -> Vec<Profile> {
+        self.backends.iter().map(|b| b.profile.clone()).collect()
+    }
+}
+
+/// Expands `count` as [`crate::scenario::Scenario::profiles`] does, giving
+/// consecutive ports to copies of a backend with a fixed port.
+fn expand(p: Profile, out: &mut Vec<BackendEntry>) -> Result<(), ConfigError> {
+    let listen = p.listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let entry = |id: String, listen: SocketAddr| {
+        let mut profile = p.clone();
+        profile.id.clone_from(&id);
+        profile.listen = Some(listen);
+        profile.count = None;
+        BackendEntry { id, listen, profile }
+    };
+    let Some(n) = p.count else {
+        out.push(entry(p.id.clone(), listen));
+        return Ok(());
+    };
+    if n == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "backend {}: count must be at least 1",
+            p.id
+        )));
+    }
+    for i in 1..=n {
+        let mut addr = listen;
+        if listen.port() != 0 {
+            let port = u16::try_from(u32::from(listen.port()) + i - 1)
+                .map_err(|_| ConfigError::Invalid(format!("backend {}: {n} ports from {listen} overflow", p.id)))?;
+            addr.set_port(port);
         }
-        Ok(())
+        out.push(entry(format!("{}-{i}", p.id), addr));
     }
+    Ok(())
 }
 
-impl From<&BackendEntry> for BackendSpec {
-    fn from(e: &BackendEntry) -> Self {
-        BackendSpec::new(e.id.clone())
-            .with_listen(e.listen)
-            .with_delay(Duration::from_millis(e.delay_ms))
-            .with_status(e.status)
-            .with_body_bytes(e.body_bytes)
-    }
-}
-
-/// Starts every backend of `cfg`. If one fails, those already started are
-/// stopped and the error names the failing backend.
+/// Starts every backend of `cfg`, phases timed from now.
 pub async fn spawn_fleet(cfg: &FleetConfig) -> io::Result<Vec<BackendHandle>> {
-    let mut handles = Vec::with_capacity(cfg.backends.len());
-    for entry in &cfg.backends {
-        let handle = spawn(entry.into())
+    spawn_profiles(&cfg.profiles(), Instant::now()).await
+}
+
+/// Starts backends with phases timed from `epoch` (e.g. a scenario's
+/// [`crate::scenario::Scenario::profiles`] with the load's start). If one
+/// fails, those already started are stopped and the error names the failing
+/// backend.
+pub async fn spawn_profiles(profiles: &[Profile], epoch: Instant) -> io::Result<Vec<BackendHandle>> {
+    let mut handles = Vec::with_capacity(profiles.len());
+    for p in profiles {
+        let where_ = p.listen.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let handle = spawn_profile(p.clone(), epoch)
             .await
-            .map_err(|err| io::Error::new(err.kind(), format!("backend {} on {}: {err}", entry.id, entry.listen)))?;
+            .map_err(|err| io::Error::new(err.kind(), format!("backend {} on {where_}: {err}", p.id)))?;
         handles.push(handle);
     }
     Ok(handles)
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-fn default_status() -> u16 {
-    200
 }

@@ -24,14 +24,20 @@
 
 pub mod backend;
 pub mod bench;
+pub mod des;
 pub mod echo;
 pub mod fleet;
+pub mod lab;
+pub mod model;
+pub mod scenario;
 mod server;
+pub mod sim;
 pub mod spec;
 
-pub use backend::{spawn, BackendHandle};
+pub use backend::{spawn, spawn_profile, BackendHandle};
 pub use echo::{spawn_echo, EchoHandle};
-pub use fleet::{spawn_fleet, BackendEntry, ConfigError, FleetConfig};
+pub use fleet::{spawn_fleet, spawn_profiles, BackendEntry, ConfigError, FleetConfig};
+pub use sim::{Control, Stats};
 pub use spec::BackendSpec;
 
 /// Waits until the process receives SIGINT (Ctrl-C) or, on Unix, SIGTERM.

@@ -1,15 +1,20 @@
 //! `backend-sim`: run simulated backends until SIGINT/SIGTERM.
 //!
 //! Kept thin on purpose: everything testable lives in the library.
+//!
+//! `--epoch-unix-ms` sets the origin of the fleet's phases, so that backends
+//! started by another process (e.g. `nb-bench`) change on the load's clock;
+//! by default phases count from the start of this process.
 
 use std::error::Error;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backend_sim::{spawn, spawn_fleet, BackendSpec, FleetConfig};
+use backend_sim::sim::epoch_from_unix_ms;
+use backend_sim::{spawn, spawn_profiles, BackendHandle, BackendSpec, FleetConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +40,9 @@ struct Args {
     /// Padding bytes added to the single backend's response bodies.
     #[arg(long, default_value_t = 0)]
     body_bytes: usize,
+    /// Origin of the fleet's phases, in Unix milliseconds (default: now).
+    #[arg(long)]
+    epoch_unix_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -54,8 +62,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let epoch = match args.epoch_unix_ms {
+        None => Instant::now(),
+        Some(ms) => epoch_from_unix_ms(ms).ok_or_else(|| format!("--epoch-unix-ms {ms} lies before boot"))?,
+    };
     let handles = match &args.fleet {
-        Some(path) => spawn_fleet(&FleetConfig::load(path)?).await?,
+        Some(path) => spawn_profiles(&FleetConfig::load(path)?.profiles(), epoch).await?,
         None => {
             let spec = BackendSpec::new(args.id)
                 .with_listen(args.listen)
@@ -66,7 +78,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         }
     };
     for h in &handles {
-        tracing::info!(id = h.id(), addr = %h.addr(), "backend listening");
+        log_start(h).await;
     }
     backend_sim::shutdown_signal().await?;
     tracing::info!("shutting down");
@@ -74,4 +86,26 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         h.stop().await;
     }
     Ok(())
+}
+
+/// One line per backend: where it is and what it simulates.
+async fn log_start(h: &BackendHandle) {
+    let p = h.profile();
+    let state = if h.is_running().await {
+        "backend listening"
+    } else {
+        "backend reserved its port, down until a phase brings it up"
+    };
+    tracing::info!(
+        id = %h.id(),
+        addr = %h.addr(),
+        slots = p.slots,
+        queue = p.queue,
+        mean_service_ms = p.service.mean_ms(),
+        classes = p.classes.len(),
+        phases = p.phases.len(),
+        joins_at_s = p.joined_at_s(),
+        orca = p.orca,
+        "{state}"
+    );
 }

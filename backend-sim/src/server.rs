@@ -9,8 +9,15 @@
 //!
 //! Dropping a [`Running`] (e.g. with the last handle) drops the shutdown
 //! sender, which the loop treats like a stop, so nothing is leaked.
+//!
+//! While a backend is down its port stays *reserved*: [`reserve`] binds a
+//! socket without listening on it, so connections are refused (as with a
+//! crash) but no other process can take the port before the backend comes
+//! back, and a backend that joins late knows its address from the start.
+//!
+//! A handler may also end a connection without answering ([`HangUp`]): that
+//! is how a simulated hang finally gives up.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -32,16 +39,30 @@ use tokio::task::{JoinHandle, JoinSet};
 /// streamed ones (echo) share one connection driver.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Answers requests of one server. Errors are impossible at this level: a
-/// handler that cannot answer (e.g. the client vanished while its body was
-/// read) simply returns a response that hyper will fail to deliver.
+/// Answers requests of one server. A handler that cannot answer (e.g. the
+/// client vanished while its body was read) simply returns a response that
+/// hyper will fail to deliver; [`HangUp`] closes the connection unanswered.
 pub(crate) trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send;
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Result<Response<Body>, HangUp>> + Send;
 }
+
+/// Returned by a handler to close the connection without a response.
+#[derive(Debug, thiserror::Error)]
+#[error("closed without answering")]
+pub(crate) struct HangUp;
+
+/// Listen backlog of every server.
+const BACKLOG: u32 = 1024;
 
 /// Binds `addr` with `SO_REUSEADDR`, so that a restarted backend gets the same
 /// port back even while connections of its previous life sit in TIME_WAIT.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    reserve(addr)?.listen(BACKLOG)
+}
+
+/// Binds `addr` (`SO_REUSEADDR`) without listening: the port is ours, but
+/// connecting to it is refused until [`listen`] is called.
+pub(crate) fn reserve(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -49,7 +70,12 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
+}
+
+/// Starts listening on a socket from [`reserve`].
+pub(crate) fn listen(socket: TcpSocket) -> io::Result<TcpListener> {
+    socket.listen(BACKLOG)
 }
 
 /// A server task running on a bound listener.

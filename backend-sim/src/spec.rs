@@ -1,13 +1,21 @@
-//! The description of one simulated backend.
+//! The simple description of one simulated backend.
 //!
 //! A [`BackendSpec`] is plain data with a builder so that tests read as
-//! `BackendSpec::new("b1").with_delay(ms(50))`. It is deliberately separate
-//! from the YAML schema ([`crate::fleet::BackendEntry`]): the file format can
-//! grow human-friendly fields (`delay_ms`, later latency distributions) without
-//! changing the in-process API, and vice versa.
+//! `BackendSpec::new("b1").with_delay(ms(50))`. It predates the full
+//! [`Profile`] (slots, queue, distributions, errors, phases) and stays as the
+//! API of the proxy's tests: [`crate::spawn`] turns it into a profile with a
+//! constant service time, so many slots and so long a queue that neither ever
+//! fills, and no ORCA header — a backend that behaves exactly as the original
+//! delay-and-status simulator did. Use [`crate::spawn_profile`] for the rest.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+
+use crate::model::{Dist, Profile};
+
+/// Slots (and queue places) of a [`BackendSpec`] backend: more than any
+/// test opens connections, so requests never wait for one another.
+pub const SPEC_SLOTS: u32 = 1 << 20;
 
 /// What a backend answers and where it listens. See [`crate::spawn`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,5 +70,20 @@ impl BackendSpec {
     pub fn with_body_bytes(mut self, body_bytes: usize) -> Self {
         self.body_bytes = body_bytes;
         self
+    }
+
+    /// The profile this spec runs as (status and padding live beside it).
+    pub(crate) fn profile(&self) -> Profile {
+        let mut p = Profile::new(
+            self.id.clone(),
+            Dist::Constant {
+                ms: self.delay.as_secs_f64() * 1000.0,
+            },
+        );
+        p.listen = Some(self.listen);
+        p.slots = SPEC_SLOTS;
+        p.queue = SPEC_SLOTS;
+        p.orca = false;
+        p
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use backend_sim::bench::{self, LoadSpec, Report};
+use backend_sim::bench::{self, LoadSpec, Report, RequestClass};
 use backend_sim::{spawn, BackendHandle, BackendSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -41,6 +41,8 @@ fn load(addr: SocketAddr, rate: f64, duration: Duration, deadline: Duration) -> 
     LoadSpec {
         url: format!("http://{addr}/bench").parse().expect("valid url"),
         rate,
+        ramp_to: None,
+        classes: Vec::new(),
         duration,
         warmup: ms(500),
         deadline,
@@ -210,5 +212,49 @@ fn non_2xx_responses_are_errors_with_status_counts() {
         assert_eq!(report.status_counts.get("503"), Some(&report.sent));
         assert_eq!(report.share.get("b-503"), Some(&1.0));
         assert_eq!(report.goodput_rps, 0.0);
+    });
+}
+
+#[test]
+fn a_ramp_and_a_class_mix_follow_the_spec_per_window() {
+    let _serial = serial();
+    block_on(async {
+        let b = backend("b-mix", ms(2)).await;
+        let spec = LoadSpec {
+            rate: 100.0,
+            ramp_to: Some(500.0),
+            classes: vec![
+                RequestClass {
+                    name: "cheap".into(),
+                    path: "/cheap".into(),
+                    weight: 3.0,
+                },
+                RequestClass {
+                    name: "heavy".into(),
+                    path: "/heavy?x=1".into(),
+                    weight: 1.0,
+                },
+            ],
+            ..load(b.addr(), 1.0, ms(2000), ms(1000))
+        };
+        let report = run(&spec).await;
+
+        assert_eq!(report.errors, 0, "{report:#?}");
+        assert_eq!(report.target_rps, 300.0, "the mean of the ramp");
+        // Two one-second windows: the ramp's means there are 200 and 400 req/s.
+        let sent: Vec<u64> = report.timeline.iter().map(|w| w.sent).collect();
+        assert_eq!(sent.len(), 2, "{:?}", report.timeline);
+        assert!(
+            (140..=260).contains(&sent[0]) && (320..=480).contains(&sent[1]),
+            "{sent:?}"
+        );
+        assert_eq!(report.timeline[0].t_s, 0.5, "windows count from the start of the load");
+        assert!(report.timeline.iter().all(|w| w.p99_ms >= 2.0), "{:?}", report.timeline);
+        // The class mix is 3:1.
+        let (cheap, heavy) = (report.classes["cheap"].sent, report.classes["heavy"].sent);
+        assert_eq!(cheap + heavy, report.sent);
+        let share = cheap as f64 / report.sent as f64;
+        assert!((0.68..=0.82).contains(&share), "cheap share {share}");
+        assert!(report.classes["heavy"].latency_ms.p50 >= 2.0);
     });
 }

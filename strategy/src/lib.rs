@@ -8,7 +8,7 @@
 //!
 //! | kind | choice | cost |
 //! |---|---|---|
-//! | `round_robin` | next eligible in order, weights ignored | O(1) typical |
+//! | `round_robin` | next in order, weights ignored; an ineligible one's turn rotates over the eligible | O(1) typical |
 //! | `weighted_round_robin` | nginx's smooth weighted round robin (interleaved, never A,A,A,B) | O(1) typical |
 //! | `least_connections` | fewest in-flight per unit of weight; ties broken at random | O(n) |
 //! | `random` | weighted random | O(n) |
@@ -121,9 +121,12 @@ pub fn pick<C: Candidates + ?Sized, R: Rng + ?Sized>(
     match params.kind {
         StrategyKind::RoundRobin => round_robin(state, c),
         StrategyKind::WeightedRoundRobin => {
+            // An ineligible entry's turn goes to a weighted random pick, not to its successor
+            // in the schedule, so the others keep their proportions.
             let schedule = state.schedule.get_or_init(|| Schedule::build(&weights(c)));
             schedule
-                .pick(state.next.fetch_add(1, Relaxed), |i| c.eligible(i))
+                .get(state.next.fetch_add(1, Relaxed))
+                .filter(|&i| c.eligible(i))
                 .or_else(|| weighted_random(c, rng))
         }
         StrategyKind::LeastConnections => least_connections(c, rng),
@@ -136,10 +139,22 @@ fn weights<C: Candidates + ?Sized>(c: &C) -> Vec<u32> {
     (0..c.len()).map(|i| c.weight(i)).collect()
 }
 
+/// The next position in order; when it is not eligible, an eligible candidate chosen in
+/// rotation. Skipping forward to the next eligible one instead would hand the skipped
+/// candidates' whole share to their successor (with two of ten pending, the next one gets
+/// triple load).
 fn round_robin<C: Candidates + ?Sized>(state: &State, c: &C) -> Option<usize> {
     let n = c.len();
-    let start = state.next.fetch_add(1, Relaxed) % n;
-    (0..n).map(|k| (start + k) % n).find(|&i| c.eligible(i))
+    let turn = state.next.fetch_add(1, Relaxed);
+    let i = turn % n;
+    if c.eligible(i) {
+        return Some(i);
+    }
+    let m = (0..n).filter(|&j| c.eligible(j)).count();
+    if m == 0 {
+        return None;
+    }
+    nth_eligible(c, (turn / n) % m)
 }
 
 fn least_connections<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, rng: &mut R) -> Option<usize> {

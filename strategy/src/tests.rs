@@ -59,6 +59,24 @@ fn round_robin_is_exact_and_skips_ineligible() {
     assert_eq!(counts(StrategyKind::RoundRobin, &f, 300)[1], 0);
 }
 
+/// Skipped candidates' turns are spread over the others, not handed to their successor.
+#[test]
+fn ineligible_turns_are_shared_fairly() {
+    for kind in [StrategyKind::RoundRobin, StrategyKind::WeightedRoundRobin] {
+        let mut f = Fleet::new(&[1; 10]);
+        f.eligible[3] = false;
+        f.eligible[4] = false;
+        let c = counts(kind, &f, 8000);
+        for (i, n) in c.iter().enumerate() {
+            if i == 3 || i == 4 {
+                assert_eq!(*n, 0);
+            } else {
+                assert!((900..=1100).contains(n), "{kind}: backend {i} got {n} of 8000: {c:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn smooth_weighted_interleaves_like_nginx() {
     // nginx documents weights 5,1,1 as the sequence a a b a c a a.

@@ -49,16 +49,12 @@ impl Schedule {
         self.order.is_empty()
     }
 
-    /// The entry at position `at` (mod period), skipping ineligible entries. Gives up after
-    /// one period, so the caller can fall back when nothing is eligible.
-    pub fn pick(&self, at: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.order.len();
-        if n == 0 {
-            return None;
+    /// The entry at position `at` (mod period).
+    pub fn get(&self, at: usize) -> Option<usize> {
+        match self.order.len() {
+            0 => None,
+            n => Some(self.order[at % n] as usize),
         }
-        (0..n.min(4 * 1024))
-            .map(|k| self.order[(at + k) % n] as usize)
-            .find(|&i| eligible(i))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = usize> + '_ {

@@ -38,6 +38,15 @@
 //! round every wake-up up to the next millisecond and would add about 0.5 ms
 //! of generator lateness to every measured latency.
 //!
+//! * **Time-varying rates and request classes.** A rate that changes over
+//!   time ([`LoadSpec::ramp_to`]) is drawn by thinning (Lewis and Shedler):
+//!   arrivals at the peak rate, each kept with probability `rate(t) / peak`,
+//!   which is an exact non-homogeneous Poisson process. Each request picks its
+//!   class ([`LoadSpec::classes`], a path) at random by weight.
+//! * **Over time.** Besides the whole window, each [`WINDOW`] (one second) of
+//!   the measured window gets its own percentiles ([`Report::timeline`]), so a
+//!   phase change or a ramp shows as a line rather than a blur.
+//!
 //! Responses are read to their end. The backend that served a request is read
 //! from the `x-backend-id` header; non-2xx responses and connection errors
 //! count as errors. The HTTP client is hyper's pooled client (HTTP/1.1,
@@ -59,8 +68,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
-use report::{Kind, Outcome, Tally};
-pub use report::{LatencySummary, Report};
+use report::Outcome;
+pub use report::{Answer, ClassReport, LatencySummary, Recorder, Report, RunInfo, WindowReport, WINDOW};
 pub use table::{format_table, print_table};
 
 use crate::backend::BACKEND_ID_HEADER;
@@ -71,13 +80,34 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
+/// A kind of request: its path, and how often it is sent relative to the
+/// other classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestClass {
+    /// Name in reports.
+    pub name: String,
+    /// Path (and query) appended to the authority of [`LoadSpec::url`].
+    pub path: String,
+    /// Relative frequency (positive).
+    pub weight: f64,
+}
+
 /// What load to offer, and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSpec {
-    /// Target of every request (`GET`, plain `http://` only).
+    /// Target of every request (`GET`, plain `http://` only); with classes,
+    /// only its scheme and authority are used.
     pub url: Uri,
-    /// Mean arrival rate of the Poisson schedule, in requests per second.
+    /// Mean arrival rate of the Poisson schedule, in requests per second (at
+    /// the start of the measured window if [`ramp_to`](Self::ramp_to) is set).
     pub rate: f64,
+    /// If set, the rate changes linearly from [`rate`](Self::rate) at the
+    /// start of the measured window to this at its end; the warm-up runs at
+    /// `rate`.
+    pub ramp_to: Option<f64>,
+    /// Request classes, picked at random by weight; empty: every request goes
+    /// to `url`.
+    pub classes: Vec<RequestClass>,
     /// Length of the measured window, after the warm-up.
     pub duration: Duration,
     /// Length of the unreported warm-up before the measured window.
@@ -108,11 +138,14 @@ pub enum BenchError {
 }
 
 impl LoadSpec {
-    /// A spec with a 2 s warm-up, a 1 s deadline and seed 1.
+    /// A spec with a constant rate, no classes, a 2 s warm-up, a 1 s deadline
+    /// and seed 1.
     pub fn new(url: Uri, rate: f64, duration: Duration) -> Self {
         Self {
             url,
             rate,
+            ramp_to: None,
+            classes: Vec::new(),
             duration,
             warmup: Duration::from_secs(2),
             deadline: Duration::from_secs(1),
@@ -123,8 +156,10 @@ impl LoadSpec {
     /// Checks the spec; [`run`] calls this first.
     pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |msg: String| Err(BenchError::InvalidSpec(msg));
-        if !(self.rate.is_finite() && self.rate > 0.0) {
-            return bad(format!("rate must be a positive number, got {}", self.rate));
+        for rate in std::iter::once(self.rate).chain(self.ramp_to) {
+            if !(rate.is_finite() && rate > 0.0) {
+                return bad(format!("rate must be a positive number, got {rate}"));
+            }
         }
         if self.duration.is_zero() {
             return bad("duration must be positive".into());
@@ -135,7 +170,66 @@ impl LoadSpec {
         if self.url.scheme_str() != Some("http") || self.url.authority().is_none() {
             return bad(format!("url must be http://host[:port]/…, got {}", self.url));
         }
+        for c in &self.classes {
+            if !(c.weight.is_finite() && c.weight > 0.0 && c.path.starts_with('/')) {
+                return bad(format!(
+                    "class {}: needs a positive weight and a path starting with '/'",
+                    c.name
+                ));
+            }
+            if self.class_url(&c.path).is_none() {
+                return bad(format!("class {}: {:?} does not make a valid URL", c.name, c.path));
+            }
+        }
         Ok(())
+    }
+
+    /// The rate (requests per second) at `t` from the start of the load.
+    pub fn rate_at(&self, t: Duration) -> f64 {
+        match self.ramp_to {
+            None => self.rate,
+            Some(to) => {
+                let x = (t.saturating_sub(self.warmup).as_secs_f64() / self.duration.as_secs_f64()).clamp(0.0, 1.0);
+                self.rate + (to - self.rate) * x
+            }
+        }
+    }
+
+    /// The mean requested rate over the measured window.
+    pub fn mean_rate(&self) -> f64 {
+        (self.rate + self.ramp_to.unwrap_or(self.rate)) / 2.0
+    }
+
+    fn peak_rate(&self) -> f64 {
+        self.rate.max(self.ramp_to.unwrap_or(self.rate))
+    }
+
+    fn class_url(&self, path: &str) -> Option<Uri> {
+        let authority = self.url.authority()?;
+        format!("http://{authority}{path}").parse().ok()
+    }
+
+    /// The URL of each class, in order (just `url` without classes).
+    fn urls(&self) -> Vec<Uri> {
+        if self.classes.is_empty() {
+            return vec![self.url.clone()];
+        }
+        self.classes
+            .iter()
+            .map(|c| self.class_url(&c.path).unwrap_or_else(|| self.url.clone()))
+            .collect()
+    }
+
+    fn run_info(&self) -> RunInfo {
+        RunInfo {
+            label: self.url.to_string(),
+            url: self.url.to_string(),
+            target_rps: self.mean_rate(),
+            warmup: self.warmup,
+            duration: self.duration,
+            deadline: self.deadline,
+            seed: self.seed,
+        }
     }
 }
 
@@ -147,26 +241,33 @@ impl LoadSpec {
 /// `warmup + duration + deadline`. Needs a Tokio runtime with the time and IO
 /// drivers; a multi-threaded one is recommended at high rates.
 pub async fn run(spec: &LoadSpec) -> Result<Report, BenchError> {
+    run_from(spec, None).await
+}
+
+/// [`run`], with the load starting at `start` (after the reachability
+/// check) rather than at once: lets the caller line the load up with a clock
+/// it shares with the backends. A `start` in the past counts as now.
+pub async fn run_from(spec: &LoadSpec, start: Option<Instant>) -> Result<Report, BenchError> {
     spec.validate()?;
     let client = client();
     probe(&client, spec).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let start = Instant::now();
+    let start = start.unwrap_or_else(Instant::now).max(Instant::now());
     let scheduler = {
         let (spec, client) = (spec.clone(), client.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || schedule(&spec, start, &client, &runtime, tx))
     };
 
-    let window_start = start + spec.warmup;
-    let mut tally = Tally::new(window_start, window_start + spec.duration);
+    let names: Vec<String> = spec.classes.iter().map(|c| c.name.clone()).collect();
+    let mut tally = Recorder::new(spec.run_info(), &names);
     // Ends when the scheduler and every request task have dropped their sender.
     while let Some(outcome) = rx.recv().await {
         tally.add(outcome);
     }
     let offered = scheduler.await.map_err(|e| BenchError::Scheduler(e.to_string()))?;
-    Ok(tally.into_report(spec, offered))
+    Ok(tally.finish(Some(offered)))
 }
 
 /// Sends the requests of the schedule, each at its intended time on its own
@@ -179,78 +280,95 @@ fn schedule(
     tx: mpsc::UnboundedSender<Outcome>,
 ) -> u64 {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let urls = spec.urls();
+    let weights: Vec<f64> = spec.classes.iter().map(|c| c.weight).collect();
+    let total_weight: f64 = weights.iter().sum();
+    let peak = spec.peak_rate();
     let end = spec.warmup + spec.duration;
     let mut at = Duration::ZERO;
     let mut measured = 0;
     loop {
         // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
         let u: f64 = rng.random();
-        at += Duration::from_secs_f64(-(1.0 - u).ln() / spec.rate);
+        at += Duration::from_secs_f64(-(1.0 - u).ln() / peak);
         if at >= end || tx.is_closed() {
             return measured;
         }
+        // Thinning; a constant rate draws nothing here, so its schedule is
+        // the plain Poisson one.
+        let rate = spec.rate_at(at);
+        if rate < peak && rng.random::<f64>() * peak >= rate {
+            continue;
+        }
+        let class = if urls.len() > 1 {
+            pick(&weights, rng.random::<f64>() * total_weight)
+        } else {
+            0
+        };
         let intended = start + at;
         let now = Instant::now();
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        let in_window = at >= spec.warmup;
-        measured += u64::from(in_window);
+        measured += u64::from(at >= spec.warmup);
         runtime.spawn(request(
             client.clone(),
-            spec.url.clone(),
-            intended,
+            urls[class].clone(),
+            Sent { start, at, class },
             spec.deadline,
-            in_window,
             tx.clone(),
         ));
     }
 }
 
+/// The index whose cumulative weight first exceeds `x` (`x` in `[0, total)`).
+fn pick(weights: &[f64], mut x: f64) -> usize {
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len().saturating_sub(1)
+}
+
+/// When and what a request of the schedule is.
+struct Sent {
+    start: Instant,
+    /// Intended send time from `start`.
+    at: Duration,
+    class: usize,
+}
+
 /// One request of the schedule; reports its outcome on `tx`.
-async fn request(
-    client: HttpClient,
-    url: Uri,
-    intended: Instant,
-    deadline: Duration,
-    measured: bool,
-    tx: mpsc::UnboundedSender<Outcome>,
-) {
-    let dispatched = Instant::now();
-    let lag = dispatched.saturating_duration_since(intended);
-    if lag >= deadline {
+async fn request(client: HttpClient, url: Uri, sent: Sent, deadline: Duration, tx: mpsc::UnboundedSender<Outcome>) {
+    let intended = sent.start + sent.at;
+    let now = Instant::now();
+    let dispatched = now.saturating_duration_since(sent.start);
+    let outcome = |latency, answer| Outcome {
+        at: sent.at,
+        dispatched,
+        class: sent.class,
+        latency,
+        answer,
+    };
+    if now.saturating_duration_since(intended) >= deadline {
         // The generator is so far behind that this request is already late:
         // count it without spending CPU on it, so an overload can recover.
-        let _ = tx.send(Outcome {
-            dispatched,
-            lag,
-            latency: deadline,
-            measured,
-            kind: Kind::Timeout,
-        });
+        let _ = tx.send(outcome(deadline, Answer::Timeout));
         return;
     }
     let due = tokio::time::Instant::from_std(intended + deadline);
-    let kind = match tokio::time::timeout_at(due, exchange(&client, url)).await {
-        Err(_elapsed) => Kind::Timeout,
-        Ok(Err(err)) => Kind::Failed(err),
-        Ok(Ok((status, backend))) => Kind::Response { status, backend },
+    let answer = match tokio::time::timeout_at(due, exchange(&client, url)).await {
+        Err(_elapsed) => Answer::Timeout,
+        Ok(Err(err)) => Answer::Failed(err),
+        Ok(Ok((status, backend))) => Answer::Response { status, backend },
     };
+    // A timer may fire a little late: the tally counts whatever ran out, or
+    // came in after the deadline, as a timeout at the deadline.
     let latency = Instant::now().saturating_duration_since(intended);
-    let (kind, latency) = match kind {
-        // A timer may fire a little late: whatever ran out counts at the deadline.
-        Kind::Timeout => (Kind::Timeout, deadline),
-        _ if latency > deadline => (Kind::Timeout, deadline),
-        kind => (kind, latency),
-    };
     // The receiver is gone only if `run` was cancelled.
-    let _ = tx.send(Outcome {
-        dispatched,
-        lag,
-        latency,
-        measured,
-        kind,
-    });
+    let _ = tx.send(outcome(latency, answer));
 }
 
 /// Sends one `GET` and reads the whole response; returns its status and the
@@ -272,15 +390,13 @@ async fn exchange(client: &HttpClient, url: Uri) -> Result<(u16, Option<String>)
 
 async fn probe(client: &HttpClient, spec: &LoadSpec) -> Result<(), BenchError> {
     let limit = spec.deadline.max(PROBE_TIMEOUT);
-    let reason = match tokio::time::timeout(limit, exchange(client, spec.url.clone())).await {
+    let url = spec.urls().swap_remove(0);
+    let reason = match tokio::time::timeout(limit, exchange(client, url.clone())).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(err)) => err,
         Err(_) => format!("no response within {limit:?}"),
     };
-    Err(BenchError::Unreachable {
-        url: spec.url.clone(),
-        reason,
-    })
+    Err(BenchError::Unreachable { url, reason })
 }
 
 fn client() -> HttpClient {

@@ -1,34 +1,47 @@
 //! Tallying request outcomes into a [`Report`].
+//!
+//! [`Recorder`] is the public face of the tally: [`run`](super::run) feeds it
+//! from the network, and a model (the discrete-event simulation behind
+//! `nb-bench --simulate`) can feed it simulated requests, so that both report
+//! with exactly the same rules (measured window, deadline, windows, shares).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
-
-use super::LoadSpec;
+use serde::{Deserialize, Serialize};
 
 /// Largest latency the histogram tells apart (larger ones saturate): an hour.
 const MAX_MICROS: u64 = 3_600_000_000;
 
+/// Width of the windows of [`Report::timeline`].
+pub const WINDOW: Duration = Duration::from_secs(1);
+
 /// What became of one request.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    /// When its task actually started (for the achieved rate).
-    pub(crate) dispatched: Instant,
-    /// How late that was.
-    pub(crate) lag: Duration,
+    /// Intended send time, from the start of the load (warm-up included).
+    pub(crate) at: Duration,
+    /// When its task actually started, from the start of the load.
+    pub(crate) dispatched: Duration,
+    /// Index of its class (0 when the run has none).
+    pub(crate) class: usize,
     /// From the intended send time to the end of the body, or the deadline.
     pub(crate) latency: Duration,
-    /// Whether its intended send time is in the measured window.
-    pub(crate) measured: bool,
-    pub(crate) kind: Kind,
+    pub(crate) answer: Answer,
 }
 
-#[derive(Debug)]
-pub(crate) enum Kind {
-    /// A complete response within the deadline.
-    Response { status: u16, backend: Option<String> },
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A complete response (any status) within the deadline; `backend` is the
+    /// `x-backend-id` it carried.
+    Response {
+        /// HTTP status code.
+        status: u16,
+        /// The backend that served it, if known.
+        backend: Option<String>,
+    },
     /// Not answered within the deadline.
     Timeout,
     /// Connect, write or read failure before the deadline.
@@ -36,7 +49,7 @@ pub(crate) enum Kind {
 }
 
 /// Latency percentiles of the measured requests, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub p50: f64,
     pub p90: f64,
@@ -46,18 +59,42 @@ pub struct LatencySummary {
     pub mean: f64,
 }
 
-/// The result of one [`run`](super::run); serialises to the `--json` output.
+/// The requests of one class (see [`RequestClass`](super::RequestClass)).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassReport {
+    pub sent: u64,
+    pub ok: u64,
+    /// `(sent - ok) / sent`.
+    pub error_rate: f64,
+    pub latency_ms: LatencySummary,
+}
+
+/// One [`WINDOW`] of the measured window, by intended send time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowReport {
+    /// Start of the window, in seconds from the start of the load (warm-up
+    /// included): the clock that scenario phases use.
+    pub t_s: f64,
+    pub sent: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The result of one [`run`](super::run) (or one simulated run); serialises
+/// to the `--json` output.
 ///
 /// Counts cover the requests whose intended send time fell in the measured
 /// window. `sent = ok + errors`; errors are non-2xx responses, `timeouts`
 /// and `failures` (connection errors). Latencies of timeouts are recorded as
 /// the deadline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Name of the run in tables; [`run`](super::run) sets the URL.
     pub label: String,
     pub url: String,
-    /// The requested mean rate.
+    /// The requested mean rate over the measured window.
     pub target_rps: f64,
     /// Rate of the schedule drawn for the measured window (`sent / duration`).
     pub offered_rps: f64,
@@ -87,11 +124,38 @@ pub struct Report {
     pub share: BTreeMap<String, f64>,
     /// Responses per status code.
     pub status_counts: BTreeMap<String, u64>,
+    /// Per request class, when the run had named classes.
+    #[serde(default)]
+    pub classes: BTreeMap<String, ClassReport>,
+    /// Per [`WINDOW`] of the measured window, in order (p99 over time).
+    #[serde(default)]
+    pub timeline: Vec<WindowReport>,
 }
 
-/// Running totals of a run.
-pub(crate) struct Tally {
-    window: (Instant, Instant),
+/// What a [`Report`] says about the run besides its outcomes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunInfo {
+    /// Name in tables.
+    pub label: String,
+    /// Target (informational).
+    pub url: String,
+    /// Requested mean rate over the measured window.
+    pub target_rps: f64,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub deadline: Duration,
+    pub seed: u64,
+}
+
+/// Running totals of a run, turned into a [`Report`] by [`Recorder::finish`].
+///
+/// Times are offsets from the start of the load (warm-up included). Requests
+/// whose intended send time is outside `[warmup, warmup + duration)` are
+/// ignored, except that their dispatch counts towards the achieved rate if it
+/// happened inside the window.
+pub struct Recorder {
+    info: RunInfo,
+    class_names: Vec<String>,
     hist: Histogram<u64>,
     lag: Histogram<u64>,
     dispatched: u64,
@@ -102,13 +166,30 @@ pub(crate) struct Tally {
     first_failure: Option<String>,
     backends: BTreeMap<String, u64>,
     statuses: BTreeMap<u16, u64>,
+    classes: Vec<ClassTally>,
+    windows: Vec<WindowTally>,
 }
 
-impl Tally {
-    /// Totals for the measured window `[start, end)`.
-    pub(crate) fn new(start: Instant, end: Instant) -> Self {
+struct ClassTally {
+    hist: Histogram<u64>,
+    sent: u64,
+    ok: u64,
+}
+
+#[derive(Default)]
+struct WindowTally {
+    hist: Option<Histogram<u64>>,
+    sent: u64,
+    errors: u64,
+}
+
+impl Recorder {
+    /// An empty tally. `classes` names the request classes by index (empty:
+    /// one unnamed class, and no per-class section in the report).
+    pub fn new(info: RunInfo, classes: &[String]) -> Self {
+        let n_windows = (info.duration.as_secs_f64() / WINDOW.as_secs_f64()).ceil() as usize;
         Self {
-            window: (start, end),
+            class_names: classes.to_vec(),
             hist: histogram(),
             lag: histogram(),
             dispatched: 0,
@@ -119,51 +200,101 @@ impl Tally {
             first_failure: None,
             backends: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            classes: classes
+                .iter()
+                .map(|_| ClassTally {
+                    hist: histogram(),
+                    sent: 0,
+                    ok: 0,
+                })
+                .collect(),
+            windows: (0..n_windows).map(|_| WindowTally::default()).collect(),
+            info,
         }
     }
 
+    fn in_window(&self, t: Duration) -> bool {
+        t >= self.info.warmup && t < self.info.warmup + self.info.duration
+    }
+
+    /// Records one request sent at `at` (from the start of the load) and
+    /// dispatched with no lag: what a model reports. A latency beyond the
+    /// deadline is recorded as a timeout at the deadline.
+    pub fn record(&mut self, at: Duration, class: usize, latency: Duration, answer: Answer) {
+        self.add(Outcome {
+            at,
+            dispatched: at,
+            class,
+            latency,
+            answer,
+        });
+    }
+
     pub(crate) fn add(&mut self, o: Outcome) {
-        if (self.window.0..self.window.1).contains(&o.dispatched) {
+        if self.in_window(o.dispatched) {
             self.dispatched += 1;
         }
-        if !o.measured {
+        if !self.in_window(o.at) {
             return;
         }
+        let deadline = self.info.deadline;
+        let (answer, latency) = match o.answer {
+            _ if o.latency > deadline => (Answer::Timeout, deadline),
+            Answer::Timeout => (Answer::Timeout, deadline),
+            answer => (answer, o.latency),
+        };
+        let ok = matches!(answer, Answer::Response { status, .. } if (200..300).contains(&status));
+        let us = micros(latency);
         self.sent += 1;
-        self.hist.saturating_record(micros(o.latency));
-        self.lag.saturating_record(micros(o.lag));
-        match o.kind {
-            Kind::Response { status, backend } => {
-                self.ok += u64::from((200..300).contains(&status));
+        self.ok += u64::from(ok);
+        self.hist.saturating_record(us);
+        self.lag.saturating_record(micros(o.dispatched.saturating_sub(o.at)));
+        if let Some(c) = self.classes.get_mut(o.class) {
+            c.sent += 1;
+            c.ok += u64::from(ok);
+            c.hist.saturating_record(us);
+        }
+        let index = ((o.at - self.info.warmup).as_secs_f64() / WINDOW.as_secs_f64()) as usize;
+        if let Some(w) = self.windows.get_mut(index) {
+            w.sent += 1;
+            w.errors += u64::from(!ok);
+            w.hist.get_or_insert_with(histogram).saturating_record(us);
+        }
+        match answer {
+            Answer::Response { status, backend } => {
                 *self.statuses.entry(status).or_default() += 1;
                 if let Some(id) = backend {
                     *self.backends.entry(id).or_default() += 1;
                 }
             }
-            Kind::Timeout => self.timeouts += 1,
-            Kind::Failed(msg) => {
+            Answer::Timeout => self.timeouts += 1,
+            Answer::Failed(msg) => {
                 self.failures += 1;
                 self.first_failure.get_or_insert(msg);
             }
         }
     }
 
-    /// The report; `offered` is the number of scheduled requests in the window.
-    pub(crate) fn into_report(self, spec: &LoadSpec, offered: u64) -> Report {
-        let secs = spec.duration.as_secs_f64();
+    /// The report; `offered` is the number of scheduled requests in the
+    /// window (`None`: the number recorded).
+    pub fn finish(self, offered: Option<u64>) -> Report {
+        let info = self.info;
+        let secs = info.duration.as_secs_f64();
         let answered: u64 = self.backends.values().sum();
         let errors = self.sent - self.ok;
+        let offered = offered.unwrap_or(self.sent);
+        let warmup_s = info.warmup.as_secs_f64();
         Report {
-            label: spec.url.to_string(),
-            url: spec.url.to_string(),
-            target_rps: spec.rate,
+            label: info.label,
+            url: info.url,
+            target_rps: info.target_rps,
             offered_rps: offered as f64 / secs,
             achieved_rps: self.dispatched as f64 / secs,
             goodput_rps: self.ok as f64 / secs,
             duration_s: secs,
-            warmup_s: spec.warmup.as_secs_f64(),
-            deadline_ms: spec.deadline.as_secs_f64() * 1000.0,
-            seed: spec.seed,
+            warmup_s,
+            deadline_ms: info.deadline.as_secs_f64() * 1000.0,
+            seed: info.seed,
             sent: self.sent,
             ok: self.ok,
             errors,
@@ -182,6 +313,36 @@ impl Tally {
                 .statuses
                 .into_iter()
                 .map(|(code, n)| (code.to_string(), n))
+                .collect(),
+            classes: self
+                .class_names
+                .into_iter()
+                .zip(self.classes)
+                .map(|(name, c)| {
+                    let report = ClassReport {
+                        sent: c.sent,
+                        ok: c.ok,
+                        error_rate: ratio(c.sent - c.ok, c.sent),
+                        latency_ms: LatencySummary::of(&c.hist),
+                    };
+                    (name, report)
+                })
+                .collect(),
+            timeline: self
+                .windows
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let l = w.hist.as_ref().map(LatencySummary::of).unwrap_or_default();
+                    WindowReport {
+                        t_s: warmup_s + i as f64 * WINDOW.as_secs_f64(),
+                        sent: w.sent,
+                        errors: w.errors,
+                        p50_ms: l.p50,
+                        p99_ms: l.p99,
+                        max_ms: l.max,
+                    }
+                })
                 .collect(),
         }
     }
@@ -238,35 +399,39 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn resp(status: u16, backend: &str) -> Kind {
+    fn resp(status: u16, backend: &str) -> Answer {
         let backend = Some(backend.to_owned());
-        Kind::Response { status, backend }
+        Answer::Response { status, backend }
+    }
+
+    fn info() -> RunInfo {
+        RunInfo {
+            label: "x".into(),
+            url: "http://h:1/".into(),
+            target_rps: 10.0,
+            warmup: ms(1000),
+            duration: ms(1000),
+            deadline: ms(100),
+            seed: 1,
+        }
     }
 
     #[test]
     fn tally_counts_the_measured_window_and_formats_it() {
-        let t0 = Instant::now();
-        let spec = LoadSpec::new("http://h:1/".parse().expect("url"), 10.0, ms(1000));
-        let mut tally = Tally::new(t0 + ms(1000), t0 + ms(2000));
+        let mut tally = Recorder::new(info(), &[]);
         let outcomes = [
-            (500, 5, false, resp(200, "a")), // warm-up: not reported
-            (1100, 2, true, resp(200, "a")),
-            (1200, 4, true, resp(200, "b")),
-            (1300, 100, true, Kind::Timeout),
-            (1400, 1, true, resp(503, "b")),
-            (1500, 1, true, Kind::Failed("refused".into())),
+            (500, 5, resp(200, "a")), // warm-up: not reported
+            (1100, 2, resp(200, "a")),
+            (1200, 4, resp(200, "b")),
+            (1300, 100, Answer::Timeout),
+            (1400, 1, resp(503, "b")),
+            (1500, 1, Answer::Failed("refused".into())),
+            (2000, 1, resp(200, "a")), // after the window: not reported
         ];
-        for (at, latency, measured, kind) in outcomes {
-            let (dispatched, lag, latency) = (t0 + ms(at), Duration::ZERO, ms(latency));
-            tally.add(Outcome {
-                dispatched,
-                lag,
-                latency,
-                measured,
-                kind,
-            });
+        for (at, latency, answer) in outcomes {
+            tally.record(ms(at), 0, ms(latency), answer);
         }
-        let r = tally.into_report(&spec, 5).with_label("x");
+        let r = tally.finish(Some(5));
         assert_eq!((r.sent, r.ok, r.errors, r.timeouts, r.failures), (5, 2, 3, 1, 1));
         assert_eq!(r.first_failure.as_deref(), Some("refused"));
         assert_eq!((r.offered_rps, r.achieved_rps, r.goodput_rps), (5.0, 5.0, 2.0));
@@ -274,11 +439,37 @@ mod tests {
         assert_eq!(r.status_counts, [("200".to_owned(), 2), ("503".to_owned(), 1)].into());
         assert!((r.share["b"] - 2.0 / 3.0).abs() < 1e-12, "{:?}", r.share);
         assert!((99.9..=100.1).contains(&r.latency_ms.max), "{:?}", r.latency_ms);
+        assert!(r.classes.is_empty());
+        assert_eq!(r.timeline.len(), 1);
+        assert_eq!(
+            (r.timeline[0].t_s, r.timeline[0].sent, r.timeline[0].errors),
+            (1.0, 5, 3)
+        );
 
         let table = crate::bench::format_table(&[r]);
         let lines: Vec<_> = table.lines().collect();
         assert!(lines[0].starts_with("label          sent    ok      errors  err%   achieved/offered  p50"));
         assert!(lines[1].starts_with("x              5       2       3       60.00  5.0/5.0           2.00ms"));
         assert_eq!(lines[2], "share per backend: a 33.3%  b 66.7%");
+    }
+
+    #[test]
+    fn late_answers_count_at_the_deadline_and_classes_and_windows_split() {
+        let mut i = info();
+        i.duration = ms(3000);
+        let names = ["cheap".to_owned(), "heavy".to_owned()];
+        let mut tally = Recorder::new(i, &names);
+        tally.record(ms(1100), 0, ms(3), resp(200, "a"));
+        tally.record(ms(2500), 1, ms(250), resp(200, "a")); // past the 100 ms deadline
+        tally.record(ms(3900), 0, ms(7), resp(200, "b"));
+        let r = tally.finish(None);
+        assert_eq!((r.sent, r.ok, r.timeouts), (3, 2, 1));
+        assert_eq!(r.offered_rps, 1.0);
+        assert_eq!(r.classes["cheap"].sent, 2);
+        assert_eq!(r.classes["heavy"].error_rate, 1.0);
+        assert!((99.9..=100.1).contains(&r.classes["heavy"].latency_ms.max));
+        let t: Vec<(f64, u64, u64)> = r.timeline.iter().map(|w| (w.t_s, w.sent, w.errors)).collect();
+        assert_eq!(t, [(1.0, 1, 0), (2.0, 1, 1), (3.0, 1, 0)]);
+        assert!((6.9..=7.1).contains(&r.timeline[2].p99_ms), "{:?}", r.timeline);
     }
 }

@@ -1,89 +1,334 @@
-//! `nb-bench`: offer open-loop Poisson load to a URL and summarise latency.
+//! `nb-bench`: open-loop Poisson load, against one URL or through whole scenarios.
 //!
-//! Kept thin on purpose: the method lives in [`backend_sim::bench`].
-//! Exit status: 0 when the run completed (even with errors), 1 when the URL is
-//! unreachable at the start or the JSON file cannot be written, 2 for bad
-//! arguments.
+//! * `--url URL`: offer load to a running target and summarise latency
+//!   ([`backend_sim::bench`]).
+//! * `--scenario FILE|DIR…`: the lab ([`backend_sim::lab`]): for every strategy a fresh
+//!   fleet and proxy, interleaved repetitions, a comparison table, `results.json` and SVG
+//!   charts in `--out`.
+//! * `--scenario … --simulate`: the same scenarios through the discrete-event model.
+//!
+//! Kept thin on purpose: the method lives in the library. Exit status: 0 when every run
+//! completed (even with request errors), 1 when a target is unreachable, a run failed or
+//! an output cannot be written, 2 for bad arguments or scenario files, 130 on Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backend_sim::bench::{self, BenchError, LoadSpec};
+use backend_sim::lab::{self, LabOptions, Machine, Results, ScenarioResult, Target};
+use backend_sim::scenario::Scenario;
 use clap::Parser;
 use hyper::Uri;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Open-loop HTTP load generator for NeuraBalancer.
+/// Open-loop HTTP load generator and benchmark lab for NeuraBalancer.
 #[derive(Debug, Parser)]
 #[command(version, about)]
+#[command(group = clap::ArgGroup::new("mode").required(true).args(["url", "scenario"]))]
 struct Args {
-    /// Target of every GET request (plain http).
+    /// Target of every GET request (plain http): load one running target.
     #[arg(long)]
-    url: Uri,
+    url: Option<Uri>,
+    /// Scenario files or directories of them (`*.yaml`): run each in the lab (or the
+    /// model with --simulate). Several may be given, space- or comma-separated.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    scenario: Vec<PathBuf>,
+    /// Strategies, comma-separated, in run order (the first is the default --baseline).
+    /// Ours: round_robin, weighted_round_robin, least_connections, random,
+    /// p2c_ewma (and oracle with --simulate); peers: nginx:least_conn, nginx:random_two,
+    /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,
+    /// p2c_ewma; with --simulate every classic strategy and oracle]
+    #[arg(long, conflicts_with = "url")]
+    strategies: Option<String>,
+    /// The strategy the others' p99 is divided by [default: the first; oracle with
+    /// --simulate].
+    #[arg(long, conflicts_with_all = ["url", "simulate"])]
+    baseline: Option<String>,
+    /// Repetitions; each runs every strategy once, in order.
+    #[arg(long, default_value_t = 1, conflicts_with = "url", value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Directory for results.json and the SVG charts (created if needed).
+    #[arg(long, default_value = "nb-bench-results", conflicts_with = "url")]
+    out: PathBuf,
+    /// Run the scenarios through the discrete-event model instead of real processes.
+    #[arg(long, conflicts_with = "url")]
+    simulate: bool,
+    /// The neurabalancer executable [default: next to nb-bench].
+    #[arg(long, conflicts_with = "url")]
+    proxy_bin: Option<PathBuf>,
+    /// The backend-sim executable [default: next to nb-bench].
+    #[arg(long, conflicts_with = "url")]
+    sim_bin: Option<PathBuf>,
+    /// Measured duration, in seconds [default: 10 with --url; the scenario's otherwise].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Unreported warm-up, in seconds [default: 2 with --url; the scenario's otherwise].
+    #[arg(long)]
+    warmup: Option<f64>,
     /// Mean request rate, in requests per second (Poisson arrivals).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = 500.0, conflicts_with = "scenario")]
     rate: f64,
-    /// Measured duration, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Unreported warm-up before the measured duration, in seconds.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
     /// Per-request deadline from the intended send time, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, conflicts_with = "scenario")]
     deadline_ms: u64,
     /// Seed of the arrival schedule.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "scenario")]
     seed: u64,
     /// Also write the report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scenario")]
     json: Option<PathBuf>,
     /// Name of the run in the summary (default: the URL).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scenario")]
     label: Option<String>,
+}
+
+/// Why `nb-bench` stops early, with its exit status.
+struct Fail(String, u8);
+
+impl Fail {
+    fn args(msg: impl Into<String>) -> Self {
+        Self(msg.into(), 2)
+    }
+    fn run(msg: impl Into<String>) -> Self {
+        Self(msg.into(), 1)
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = match spec(&args) {
-        Ok(spec) => spec,
-        Err(msg) => return fail(&msg, 2),
+    let result = match &args.url {
+        Some(url) => url_mode(&args, url.clone()).await,
+        None => scenario_mode(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg, code)) => {
+            eprintln!("nb-bench: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn url_mode(args: &Args, url: Uri) -> Result<(), Fail> {
+    let secs = |name: &str, value: f64| {
+        Duration::try_from_secs_f64(value).map_err(|_| Fail::args(format!("--{name}: {value} is not a duration")))
+    };
+    let spec = LoadSpec {
+        duration: secs("duration", args.duration.unwrap_or(10.0))?,
+        warmup: secs("warmup", args.warmup.unwrap_or(2.0))?,
+        deadline: Duration::from_millis(args.deadline_ms),
+        seed: args.seed,
+        ..LoadSpec::new(url, args.rate, Duration::from_secs(1))
     };
     let report = match bench::run(&spec).await {
         Ok(report) => report,
-        Err(err @ BenchError::InvalidSpec(_)) => return fail(&err.to_string(), 2),
-        Err(err) => return fail(&err.to_string(), 1),
+        Err(err @ BenchError::InvalidSpec(_)) => return Err(Fail::args(err.to_string())),
+        Err(err) => return Err(Fail::run(err.to_string())),
     };
-    let report = match args.label {
-        Some(label) => report.with_label(label),
+    let report = match &args.label {
+        Some(label) => report.with_label(label.clone()),
         None => report,
     };
     bench::print_table(std::slice::from_ref(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).expect("a report serialises");
-        if let Err(err) = std::fs::write(path, json + "\n") {
-            return fail(&format!("cannot write {}: {err}", path.display()), 1);
+        std::fs::write(path, json + "\n").map_err(|e| Fail::run(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+async fn scenario_mode(args: &Args) -> Result<(), Fail> {
+    let started = Instant::now();
+    let mut scenarios = lab::load_scenarios(&args.scenario).map_err(|e| Fail::args(e.to_string()))?;
+    for (_, s) in &mut scenarios {
+        lab::apply_overrides(s, args.duration, args.warmup).map_err(|e| Fail::args(e.to_string()))?;
+    }
+    let default = if args.simulate {
+        lab::SIM_STRATEGIES.join(",")
+    } else {
+        "round_robin,least_connections,p2c_ewma".to_owned()
+    };
+    let strategies = lab::parse_list(args.strategies.as_deref().unwrap_or(&default)).map_err(Fail::args)?;
+    if let Some(b) = &args.baseline {
+        let b: Target = b.parse().map_err(Fail::args)?;
+        if !strategies.contains(&b) {
+            return Err(Fail::args(format!("--baseline {b} is not one of --strategies")));
         }
     }
-    ExitCode::SUCCESS
-}
-
-fn spec(args: &Args) -> Result<LoadSpec, String> {
-    let secs = |name: &str, value: f64| {
-        Duration::try_from_secs_f64(value).map_err(|_| format!("--{name}: {value} is not a duration"))
+    std::fs::create_dir_all(&args.out).map_err(|e| Fail::run(format!("cannot create {}: {e}", args.out.display())))?;
+    let mut results = Results {
+        tool: "nb-bench".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: if args.simulate { "simulate" } else { "lab" }.into(),
+        command_line: std::env::args().collect(),
+        started_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        machine: Machine::current(),
+        notes: notes(args.simulate),
+        scenarios: Vec::new(),
     };
-    Ok(LoadSpec {
-        url: args.url.clone(),
-        rate: args.rate,
-        duration: secs("duration", args.duration)?,
-        warmup: secs("warmup", args.warmup)?,
-        deadline: Duration::from_millis(args.deadline_ms),
-        seed: args.seed,
-    })
+    for n in &results.notes {
+        eprintln!("note: {n}");
+    }
+    let (done, failures) = if args.simulate {
+        simulate(&scenarios, &strategies, args.reps)
+    } else {
+        let Some(done) = lab_runs(args, &scenarios, &strategies).await? else {
+            return Err(Fail("interrupted: children stopped, nothing written".into(), 130));
+        };
+        done
+    };
+    let mode = if args.simulate { "simulated" } else { "lab" };
+    let mut files = Vec::new();
+    for mut r in done {
+        let written = r
+            .write_charts(&args.out, mode)
+            .map_err(|e| Fail::run(format!("cannot write charts into {}: {e}", args.out.display())))?;
+        files.extend(written);
+        results.scenarios.push(r);
+    }
+    files.insert(
+        0,
+        results
+            .write_json(&args.out)
+            .map_err(|e| Fail::run(format!("results.json: {e}")))?,
+    );
+    println!("wrote {}", list(&files));
+    println!("total time {:.1} s", started.elapsed().as_secs_f64());
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(Fail::run(failures.join("\n"))),
+    }
 }
 
-fn fail(msg: &str, code: u8) -> ExitCode {
-    eprintln!("nb-bench: error: {msg}");
-    ExitCode::from(code)
+fn list(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn notes(simulate: bool) -> Vec<String> {
+    let mut notes = vec![
+        "latency counts from each request's intended send time (open-loop Poisson arrivals); a request \
+         unanswered at the deadline fails at the deadline"
+            .to_owned(),
+        "repetition r uses seed = scenario seed + r for every strategy (same arrivals)".to_owned(),
+    ];
+    if simulate {
+        notes
+            .push("discrete-event model: p99 ratios are against oracle, which knows every backend's true state".into());
+    } else {
+        notes.push(
+            "every proxy runs with one worker thread (neurabalancer threads: 1, nginx worker_processes 1, \
+             haproxy nbthread 1): the load generator and the fleet share this machine"
+                .into(),
+        );
+    }
+    notes
+}
+
+/// Prints a scenario's table with its wall time.
+fn print_result(r: &ScenarioResult) {
+    print!("{}", r.table());
+    println!("({} took {:.1} s)\n", r.scenario.name, r.wall_s);
+}
+
+fn simulate(scenarios: &[(PathBuf, Scenario)], strategies: &[Target], reps: u32) -> (Vec<ScenarioResult>, Vec<String>) {
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    for (file, s) in scenarios {
+        match lab::simulate_scenario(file, s, strategies, reps) {
+            Ok(r) => {
+                print_result(&r);
+                failures.extend(
+                    r.skipped
+                        .iter()
+                        .filter(|k| k.reason.starts_with("rep "))
+                        .map(|k| format!("{}: {}: {}", s.name, k.strategy, k.reason)),
+                );
+                done.push(r);
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    (done, failures)
+}
+
+/// The lab runs of every scenario; `None` when interrupted (children are stopped as the
+/// run's future is dropped).
+async fn lab_runs(
+    args: &Args,
+    scenarios: &[(PathBuf, Scenario)],
+    strategies: &[Target],
+) -> Result<Option<(Vec<ScenarioResult>, Vec<String>)>, Fail> {
+    let (proxy_default, sim_default) = lab::sibling_binaries();
+    let opts = LabOptions {
+        strategies: strategies.to_vec(),
+        baseline: args
+            .baseline
+            .as_ref()
+            .and_then(|b| b.parse::<Target>().ok())
+            .map(|b| b.to_string()),
+        reps: args.reps,
+        proxy_bin: args.proxy_bin.clone().unwrap_or(proxy_default),
+        sim_bin: args.sim_bin.clone().unwrap_or(sim_default),
+    };
+    let (runnable, skipped) = lab::plan(strategies);
+    for k in &skipped {
+        eprintln!("note: skipping {}: {}", k.strategy, k.reason);
+    }
+    let needs_proxy = runnable.iter().any(|t| !t.is_peer());
+    for (bin, needed, flag) in [
+        (&opts.proxy_bin, needs_proxy, "--proxy-bin"),
+        (&opts.sim_bin, true, "--sim-bin"),
+    ] {
+        if needed && !bin.is_file() {
+            return Err(Fail::args(format!(
+                "{} not found (build it: cargo build --release -p neurabalancer -p backend-sim, or pass {flag})",
+                bin.display()
+            )));
+        }
+    }
+    let total = lab::planned_seconds(scenarios, runnable.len(), args.reps);
+    let progress = progress_bar(total);
+    let work = async {
+        let mut done = Vec::new();
+        let mut failures = Vec::new();
+        for (file, s) in scenarios {
+            match lab::run_scenario(file, s, &opts, &progress).await {
+                Ok(r) => {
+                    progress.suspend(|| print_result(&r));
+                    failures.extend(
+                        r.skipped
+                            .iter()
+                            .filter(|k| k.reason.starts_with("rep "))
+                            .map(|k| format!("{}: {}: {}", s.name, k.strategy, k.reason)),
+                    );
+                    done.push(r);
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        (done, failures)
+    };
+    let outcome = tokio::select! {
+        done = work => Some(done),
+        _ = backend_sim::shutdown_signal() => None,
+    };
+    progress.finish_and_clear();
+    Ok(outcome)
+}
+
+fn progress_bar(total_s: f64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some((total_s * 1000.0) as u64), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {percent:>3}% eta {eta} {msg}")
+        .expect("a valid progress template")
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb
 }

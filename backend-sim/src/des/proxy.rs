@@ -1,0 +1,282 @@
+//! The proxy's side of the model: the pool settings it reads from a scenario's `pool` section
+//! and its per-backend health state (active checks with rise/fall, passive ejection with
+//! exponential back-off).
+//!
+//! The health rules are a line-by-line mirror of `BackendStats::{record_check,
+//! record_success, record_failure}` in `proxy/src/upstream/backend.rs`, on the simulated
+//! clock instead of the proxy's; the defaults are those of `proxy/src/config/upstreams.rs`.
+//! Keep them in step.
+
+use serde::Deserialize;
+
+use crate::scenario::Scenario;
+
+/// The proxy's pool settings the model uses, read from a scenario's `pool` section. Keys the
+/// model does not use (`path`, `timeouts`, …) are ignored; absent keys take the proxy's
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ProxySettings {
+    /// Active checks; `None`: backends are trusted until passive checks eject them.
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: OutlierDetection,
+    /// Extra attempts on another backend after a connect failure or a reset.
+    pub max_retries: u32,
+    /// Peak-EWMA decay of `p2c_ewma`.
+    pub ewma_decay_ms: u64,
+}
+
+/// Active health checks of a pool. A check passes exactly when the backend is not `down`
+/// (the simulator answers `/health` without a slot).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HealthCheck {
+    pub interval_ms: u64,
+    /// Consecutive passes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
+}
+
+/// Passive health: consecutive failures eject a backend for a back-off that doubles with each
+/// ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_connect_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+}
+
+/// The proxy's floor on the health check interval.
+const MIN_HC_INTERVAL_MS: u64 = 50;
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            health_check: None,
+            outlier_detection: OutlierDetection::default(),
+            max_retries: 2,
+            ewma_decay_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval_ms: 1_000,
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_connect_failures: 1,
+            base_ejection_ms: 1_000,
+            max_ejection_ms: 30_000,
+        }
+    }
+}
+
+impl ProxySettings {
+    /// The settings of `scenario.pool` (the proxy's defaults when it has none).
+    pub fn from_scenario(scenario: &Scenario) -> Result<Self, String> {
+        match &scenario.pool {
+            None => Ok(ProxySettings::default()),
+            Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| format!("scenario {}: pool: {e}", scenario.name)),
+        }
+    }
+
+    pub(super) fn check_interval_ns(hc: &HealthCheck) -> u64 {
+        hc.interval_ms.max(MIN_HC_INTERVAL_MS) * 1_000_000
+    }
+}
+
+/// Active health state (`proxy::upstream::Health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    /// In a pool with active checks: no traffic until the first check passes.
+    Pending,
+    Healthy,
+    Unhealthy,
+}
+
+/// Why a request counted as a failure for passive health (`proxy::upstream::Failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    Connect,
+    Status5xx,
+    /// Reset after the request was sent.
+    Transport,
+}
+
+/// One backend's health as the proxy sees it (`BackendStats` minus load and metrics).
+#[derive(Debug, Clone)]
+pub(super) struct Passive {
+    health: Health,
+    check_passes: u32,
+    check_fails: u32,
+    consecutive_5xx: u32,
+    consecutive_connect: u32,
+    ejected_until_ns: u64,
+    ejections: u32,
+}
+
+impl Passive {
+    pub(super) fn new(pending: bool) -> Self {
+        Passive {
+            health: if pending { Health::Pending } else { Health::Healthy },
+            check_passes: 0,
+            check_fails: 0,
+            consecutive_5xx: 0,
+            consecutive_connect: 0,
+            ejected_until_ns: 0,
+            ejections: 0,
+        }
+    }
+
+    pub(super) fn is_healthy(&self) -> bool {
+        self.health == Health::Healthy
+    }
+
+    pub(super) fn is_ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until_ns > now_ns
+    }
+
+    /// One active-check result with rise/fall thresholds; a pending backend becomes healthy
+    /// on its first pass, and becoming healthy forgets passive ejections.
+    pub(super) fn record_check(&mut self, ok: bool, rise: u32, fall: u32) {
+        let before = self.health;
+        let after = if ok {
+            self.check_fails = 0;
+            self.check_passes = self.check_passes.saturating_add(1);
+            match before {
+                Health::Pending => Health::Healthy,
+                Health::Unhealthy if self.check_passes >= rise => Health::Healthy,
+                h => h,
+            }
+        } else {
+            self.check_passes = 0;
+            self.check_fails = self.check_fails.saturating_add(1);
+            match before {
+                Health::Healthy if self.check_fails >= fall => Health::Unhealthy,
+                h => h,
+            }
+        };
+        if after != before {
+            self.health = after;
+            if after == Health::Healthy {
+                self.ejected_until_ns = 0;
+                self.ejections = 0;
+            }
+        }
+    }
+
+    /// A response with a non-5xx status.
+    pub(super) fn record_success(&mut self, now_ns: u64) {
+        self.consecutive_5xx = 0;
+        self.consecutive_connect = 0;
+        if self.ejections != 0 && !self.is_ejected(now_ns) {
+            self.ejections = 0;
+        }
+    }
+
+    /// A failure on real traffic; returns the ejection time in ms when it ejected.
+    pub(super) fn record_failure(&mut self, kind: Failure, o: &OutlierDetection, now_ns: u64) -> Option<u64> {
+        let (count, limit) = match kind {
+            Failure::Connect => {
+                self.consecutive_connect += 1;
+                (self.consecutive_connect, o.consecutive_connect_failures)
+            }
+            Failure::Status5xx | Failure::Transport => {
+                self.consecutive_5xx += 1;
+                (self.consecutive_5xx, o.consecutive_5xx)
+            }
+        };
+        if limit == 0 || count < limit || self.is_ejected(now_ns) {
+            return None;
+        }
+        self.consecutive_5xx = 0;
+        self.consecutive_connect = 0;
+        let n = self.ejections.min(16);
+        self.ejections += 1;
+        let ms = o.base_ejection_ms.saturating_mul(1u64 << n).min(o.max_ejection_ms);
+        self.ejected_until_ns = now_ns + ms * 1_000_000;
+        Some(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_backs_off_and_caps_like_the_proxy() {
+        let o = OutlierDetection {
+            consecutive_5xx: 3,
+            consecutive_connect_failures: 1,
+            base_ejection_ms: 100,
+            max_ejection_ms: 250,
+        };
+        let mut p = Passive::new(false);
+        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), None);
+        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), None);
+        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), Some(100));
+        assert!(p.is_ejected(99_000_000) && !p.is_ejected(100_000_000));
+        // While ejected, failures do not extend it.
+        assert_eq!(p.record_failure(Failure::Connect, &o, 50_000_000), None);
+        assert_eq!(p.record_failure(Failure::Connect, &o, 200_000_000), Some(200));
+        assert_eq!(
+            p.record_failure(Failure::Connect, &o, 500_000_000),
+            Some(250),
+            "capped at max"
+        );
+        // A success after the ejection ended resets the back-off.
+        p.record_success(1_000_000_000);
+        assert_eq!(p.record_failure(Failure::Connect, &o, 1_000_000_000), Some(100));
+    }
+
+    #[test]
+    fn checks_rise_and_fall() {
+        let mut p = Passive::new(true);
+        assert!(!p.is_healthy());
+        p.record_check(false, 2, 2);
+        assert_eq!(p.health, Health::Pending);
+        p.record_check(true, 2, 2);
+        assert!(p.is_healthy(), "pending becomes healthy on its first pass");
+        p.record_check(false, 2, 2);
+        assert!(p.is_healthy());
+        p.record_check(false, 2, 2);
+        assert_eq!(p.health, Health::Unhealthy);
+        p.record_check(true, 2, 2);
+        assert_eq!(p.health, Health::Unhealthy);
+        p.record_check(true, 2, 2);
+        assert!(p.is_healthy());
+    }
+
+    #[test]
+    fn settings_come_from_the_pool_section_with_proxy_defaults() {
+        let s = Scenario::parse(
+            "t",
+            "name: t\nduration_s: 1\nload: { rate: 1 }\nfleet: [ { id: a } ]\npool: { health_check: { path: /health, interval_ms: 500 }, max_retries: 1 }\n",
+        )
+        .expect("valid");
+        let p = ProxySettings::from_scenario(&s).expect("settings");
+        assert_eq!(
+            p.health_check,
+            Some(HealthCheck {
+                interval_ms: 500,
+                rise: 2,
+                fall: 2
+            })
+        );
+        assert_eq!((p.max_retries, p.ewma_decay_ms), (1, 10_000));
+        assert_eq!(p.outlier_detection, OutlierDetection::default());
+    }
+}

@@ -1,0 +1,318 @@
+//! The discrete-event model (`backend_sim::des`): determinism, queueing sanity, and the
+//! qualitative results the benchmark relies on.
+
+use std::time::{Duration, Instant};
+
+use backend_sim::bench::Report;
+use backend_sim::des::{simulate, simulate_with, ProxySettings, SimStrategy};
+use backend_sim::scenario::Scenario;
+use nb_strategy::StrategyKind;
+
+fn scenario(yaml: &str) -> Scenario {
+    Scenario::parse("test", yaml).expect("valid scenario")
+}
+
+fn classic() -> impl Iterator<Item = SimStrategy> {
+    StrategyKind::ALL.into_iter().map(SimStrategy::Classic)
+}
+
+/// Within the histogram's resolution (3 significant digits).
+fn about(ms: f64, want: f64) -> bool {
+    (ms - want).abs() <= want * 1e-3
+}
+
+fn status(r: &Report, code: &str) -> u64 {
+    r.status_counts.get(code).copied().unwrap_or(0)
+}
+
+const MIXED: &str = "
+name: mixed
+duration_s: 10
+warmup_s: 2
+deadline_ms: 300
+load: { capacity_fraction: 0.8 }
+classes:
+  - { name: cheap, path: /cheap, weight: 9 }
+  - { name: heavy, path: /heavy, weight: 1 }
+fleet:
+  - id: a
+    count: 3
+    slots: 4
+    service: { dist: exponential, mean_ms: 10 }
+    classes: [ { path_prefix: /heavy, service: { dist: log_normal, median_ms: 40, sigma: 0.8 } } ]
+    errors: { fast_503: 0.01, slow_500: 0.01, hang: 0.001 }
+  - id: b
+    slots: 4
+    queue: 8
+    service: { dist: bounded_pareto, min_ms: 2, max_ms: 200, alpha: 1.2 }
+    warmup: { duration_s: 3, factor: 4 }
+    phases: [ { at_s: 5, slowdown: 3 }, { at_s: 8, down: true }, { at_s: 10, down: false } ]
+";
+
+#[test]
+fn a_seed_determines_the_run() {
+    let s = scenario(MIXED);
+    for strategy in SimStrategy::ALL {
+        let a = simulate(&s, strategy, 7);
+        assert_eq!(a, simulate(&s, strategy, 7), "{strategy}");
+        assert_ne!(a, simulate(&s, strategy, 8), "{strategy}: another seed, another run");
+        assert_eq!(a.label, strategy.as_str());
+        assert_eq!(a.seed, 7);
+        assert!(a.sent > 0 && a.sent == a.ok + a.errors, "{a:?}");
+        assert_eq!(a.classes.len(), 2, "per-class reports");
+        assert_eq!(a.timeline.len(), 10, "one window per second");
+    }
+}
+
+#[test]
+fn the_schedule_is_the_same_for_every_strategy() {
+    let s = scenario(MIXED);
+    let offered: Vec<f64> = SimStrategy::ALL
+        .iter()
+        .map(|&k| simulate(&s, k, 3).offered_rps)
+        .collect();
+    assert!(offered.windows(2).all(|w| w[0] == w[1]), "{offered:?}");
+}
+
+#[test]
+fn a_single_server_queue_matches_queueing_theory() {
+    // M/M/1 at utilisation 0.5: sojourn time ~ Exp(mu - lambda), mean 20 ms, median 13.9 ms.
+    let s = scenario(
+        "name: mm1\nduration_s: 200\nwarmup_s: 5\nload: { rate: 50 }\nfleet: [ { id: a, slots: 1, service: { dist: exponential, mean_ms: 10 } } ]\n",
+    );
+    let r = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 1);
+    assert!((r.latency_ms.mean - 20.0).abs() < 2.0, "{:?}", r.latency_ms);
+    assert!((r.latency_ms.p50 - 20.0 * 2f64.ln()).abs() < 1.5, "{:?}", r.latency_ms);
+    assert!((r.offered_rps - 50.0).abs() < 2.5, "{}", r.offered_rps);
+    assert_eq!((r.errors, r.achieved_rps), (0, r.offered_rps));
+    assert_eq!(r.target_rps, 50.0);
+    assert_eq!(r.share["a"], 1.0);
+}
+
+#[test]
+fn a_homogeneous_fleet_is_shared_equally_by_every_strategy() {
+    let s = scenario(
+        "name: same\nduration_s: 30\nwarmup_s: 3\nload: { capacity_fraction: 0.7 }\nfleet: [ { id: s, count: 5, slots: 4, service: { dist: exponential, mean_ms: 20 } } ]\n",
+    );
+    let reports: Vec<Report> = classic().map(|k| simulate(&s, k, 11)).collect();
+    for r in &reports {
+        assert_eq!(r.errors, 0, "{}: {:?}", r.label, r.status_counts);
+        assert_eq!(r.share.len(), 5);
+        for (id, share) in &r.share {
+            assert!((share - 0.2).abs() < 0.02, "{}: {id} got {share}", r.label);
+        }
+    }
+    let p99: Vec<f64> = reports.iter().map(|r| r.latency_ms.p99).collect();
+    let (lo, hi) = (
+        p99.iter().copied().fold(f64::MAX, f64::min),
+        p99.iter().copied().fold(0.0, f64::max),
+    );
+    assert!(hi / lo < 1.6, "p99s differ too much: {p99:?}");
+}
+
+#[test]
+fn on_a_two_speed_fleet_p2c_beats_round_robin_and_the_oracle_beats_everyone() {
+    // Two of ten backends 8x slower. (With half the fleet slow, p2c would send at least the
+    // (5/10)(4/9) of requests whose two choices are both slow to the slow pair and drown it.)
+    let s = scenario(
+        "name: two-speed\nduration_s: 30\nwarmup_s: 5\nload: { capacity_fraction: 0.6 }\nfleet:\n  - { id: fast, count: 8, slots: 4, service: { dist: exponential, mean_ms: 10 } }\n  - { id: slow, count: 2, slots: 4, service: { dist: exponential, mean_ms: 80 } }\n",
+    );
+    let rr = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 5);
+    let p2c = simulate(&s, SimStrategy::Classic(StrategyKind::P2cEwma), 5);
+    let oracle = simulate(&s, SimStrategy::Oracle, 5);
+    assert!(
+        p2c.latency_ms.p99 < rr.latency_ms.p99 / 2.0,
+        "p2c {:?} vs rr {:?}",
+        p2c.latency_ms,
+        rr.latency_ms
+    );
+    let slow_share = |r: &Report| {
+        r.share
+            .iter()
+            .filter(|(id, _)| id.starts_with("slow"))
+            .map(|(_, s)| s)
+            .sum::<f64>()
+    };
+    assert!(
+        slow_share(&p2c) < 0.1,
+        "p2c sends {} to the slow pair",
+        slow_share(&p2c)
+    );
+    for k in classic() {
+        let r = simulate(&s, k, 5);
+        assert!(
+            oracle.latency_ms.p99 <= r.latency_ms.p99 && oracle.latency_ms.mean <= r.latency_ms.mean,
+            "oracle {:?} vs {k} {:?}",
+            oracle.latency_ms,
+            r.latency_ms
+        );
+        assert!(
+            oracle.errors <= r.errors,
+            "oracle {} errors vs {k} {}",
+            oracle.errors,
+            r.errors
+        );
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    // Capacity 200 rps, offered 400: about half is turned away, the rest waits at most 30 ms.
+    let s = scenario(
+        "name: overload\nduration_s: 20\nwarmup_s: 2\nload: { rate: 400 }\nfleet: [ { id: a, slots: 2, queue: 4, service: { dist: constant, ms: 10 } } ]\n",
+    );
+    let r = simulate(&s, SimStrategy::Classic(StrategyKind::LeastConnections), 1);
+    let rejected = status(&r, "503");
+    assert!(rejected as f64 > 0.4 * r.sent as f64, "{:?}", r.status_counts);
+    assert_eq!(r.timeouts, 0);
+    assert_eq!(rejected + status(&r, "200"), r.sent);
+    assert!((r.goodput_rps - 200.0).abs() < 10.0, "goodput {}", r.goodput_rps);
+    assert!(r.latency_ms.max <= 30.1, "{:?}", r.latency_ms);
+    assert_eq!(r.share["a"], 1.0, "the backend's own 503s carry its id");
+}
+
+#[test]
+fn an_unbounded_overload_times_out_at_the_deadline() {
+    let s = scenario(
+        "name: drown\nduration_s: 10\nwarmup_s: 1\ndeadline_ms: 200\nload: { capacity_fraction: 2.0 }\nfleet: [ { id: a, slots: 2, service: { dist: constant, ms: 10 } } ]\n",
+    );
+    let r = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 1);
+    assert!(r.timeouts as f64 > 0.4 * r.sent as f64, "{r:?}");
+    assert!(
+        about(r.latency_ms.max, 200.0),
+        "timeouts count at the deadline: {:?}",
+        r.latency_ms
+    );
+    // Abandoned requests leave the queue, but FIFO serves the oldest first: most of the
+    // service goes to requests that expire before it ends, and goodput collapses far below the
+    // 200 req/s capacity, as on a real server.
+    assert!(
+        r.goodput_rps > 10.0 && r.goodput_rps < 100.0,
+        "goodput {}",
+        r.goodput_rps
+    );
+}
+
+#[test]
+fn hung_requests_time_out_and_hold_their_slot() {
+    let s = scenario(
+        "name: hang\nduration_s: 10\nwarmup_s: 1\ndeadline_ms: 100\nload: { rate: 50 }\nfleet: [ { id: a, slots: 1, service: { dist: constant, ms: 1 }, errors: { hang: 0.2 } } ]\n",
+    );
+    let r = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 2);
+    // The hung fifth times out; each blocks the only slot until its deadline, so the
+    // requests queued behind it wait for up to 100 ms.
+    let hung = r.timeouts as f64 / r.sent as f64;
+    assert!((0.15..0.25).contains(&hung), "{hung}");
+    assert!(about(r.latency_ms.max, 100.0), "{:?}", r.latency_ms);
+    assert!(r.latency_ms.p50 > 20.0, "{:?}", r.latency_ms);
+}
+
+const OUTAGE: &str = "
+name: outage
+duration_s: 20
+warmup_s: 2
+load: { capacity_fraction: 0.4 }
+fleet:
+  - { id: ok, count: 3, slots: 8, service: { dist: exponential, mean_ms: 10 } }
+  - { id: flaky, slots: 8, service: { dist: exponential, mean_ms: 10 }, phases: [ { at_s: 6, down: true }, { at_s: 14, down: false } ] }
+";
+
+#[test]
+fn a_backend_going_down_costs_nothing_when_retries_can_go_elsewhere() {
+    let s = scenario(OUTAGE);
+    for k in SimStrategy::ALL {
+        let r = simulate(&s, k, 4);
+        assert_eq!(r.errors, 0, "{k}: {:?}", r.status_counts);
+        assert!(r.share["flaky"] < 0.2, "{k}: {:?}", r.share);
+    }
+    // With active checks as well (and the flaky backend back in rotation afterwards).
+    let checked = scenario(&format!(
+        "{OUTAGE}pool: {{ health_check: {{ path: /health, interval_ms: 200 }} }}\n"
+    ));
+    let r = simulate(&checked, SimStrategy::Classic(StrategyKind::RoundRobin), 4);
+    assert_eq!(r.errors, 0, "{:?}", r.status_counts);
+    assert!(r.share["flaky"] > 0.1, "{:?}", r.share);
+}
+
+#[test]
+fn without_retries_an_outage_is_seen_by_clients() {
+    let s = scenario(OUTAGE);
+    let no_retries = ProxySettings {
+        max_retries: 0,
+        ..ProxySettings::default()
+    };
+    let r = simulate_with(&s, &no_retries, SimStrategy::Classic(StrategyKind::RoundRobin), 4);
+    assert!(status(&r, "502") > 0, "{:?}", r.status_counts);
+    // Passive ejection keeps most requests away from the dead backend.
+    assert!(r.error_rate < 0.01, "{}", r.error_rate);
+}
+
+#[test]
+fn the_warm_up_is_simulated_but_not_reported() {
+    // Everything fails during the 3 s warm-up, nothing after it.
+    let s = scenario(
+        "name: wu\nduration_s: 10\nwarmup_s: 3\nload: { rate: 500 }\nfleet: [ { id: a, count: 2, slots: 8, service: { dist: constant, ms: 5 }, errors: { fast_503: 1.0 }, phases: [ { at_s: 3, errors: { fast_503: 0.0 } } ] } ]\n",
+    );
+    for k in SimStrategy::ALL {
+        let r = simulate(&s, k, 9);
+        assert_eq!(r.errors, 0, "{k}: {:?}", r.status_counts);
+        assert!((r.sent as f64 - 5000.0).abs() < 300.0, "{k}: sent {}", r.sent);
+        assert_eq!(r.timeline.first().map(|w| w.t_s), Some(3.0));
+    }
+}
+
+#[test]
+fn a_ramp_offers_its_mean_rate() {
+    let s = scenario(
+        "name: ramp\nduration_s: 20\nwarmup_s: 2\nload: { ramp: { from: 0.25, to: 0.75 } }\nfleet: [ { id: a, count: 2, slots: 10, service: { dist: constant, ms: 10 } } ]\n",
+    );
+    let r = simulate(&s, SimStrategy::Classic(StrategyKind::P2cEwma), 1);
+    assert!((r.target_rps - 1000.0).abs() < 1e-6, "{}", r.target_rps);
+    assert!((r.offered_rps - 1000.0).abs() < 30.0, "{}", r.offered_rps);
+    let first = r.timeline.first().map_or(0, |w| w.sent);
+    let last = r.timeline.last().map_or(0, |w| w.sent);
+    assert!(last > 2 * first, "first {first}/s, last {last}/s");
+}
+
+#[test]
+fn sixty_seconds_at_two_thousand_requests_per_second_simulate_quickly() {
+    let s = scenario(
+        "name: speed\nduration_s: 60\nwarmup_s: 5\nload: { rate: 2000 }\nfleet:\n  - { id: f, count: 8, slots: 8, service: { dist: log_normal, median_ms: 10, sigma: 0.6 } }\n  - { id: s, count: 2, slots: 8, service: { dist: exponential, mean_ms: 60 } }\n",
+    );
+    let budget = if cfg!(debug_assertions) {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(2)
+    };
+    for k in [SimStrategy::Classic(StrategyKind::P2cEwma), SimStrategy::Oracle] {
+        let t0 = Instant::now();
+        let r = simulate(&s, k, 1);
+        let took = t0.elapsed();
+        assert!(r.sent > 110_000, "{}", r.sent);
+        eprintln!("{k}: {took:?}");
+        assert!(took < budget, "{k}: {took:?}");
+    }
+}
+
+/// The shipped scenarios with every strategy, as a table (`cargo test --release -p backend-sim
+/// --test des -- --ignored --nocapture`).
+#[test]
+#[ignore = "slow in debug; a report rather than a check"]
+fn shipped_scenarios() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/scenarios");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("scenario directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    let all = Instant::now();
+    for path in paths {
+        let s = Scenario::load(&path).expect("valid scenario");
+        let t0 = Instant::now();
+        let reports: Vec<Report> = SimStrategy::ALL.iter().map(|&k| simulate(&s, k, s.seed)).collect();
+        println!("== {} ({:?} for {} strategies)", s.name, t0.elapsed(), reports.len());
+        println!("{}", backend_sim::bench::format_table(&reports));
+    }
+    println!("total {:?}", all.elapsed());
+}

@@ -1,0 +1,250 @@
+//! The lab end to end: `nb-bench --scenario` with real `backend-sim` and `neurabalancer`
+//! processes, a short run of two strategies, its table, `results.json` and charts, and
+//! no process or temp dir left behind (also when interrupted).
+//!
+//! `neurabalancer` belongs to another package, so cargo does not build it for this test;
+//! when it is missing next to `nb-bench`, the test builds it (same profile) first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn nb_bench() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nb-bench"))
+}
+
+/// Makes sure `neurabalancer` sits next to `nb-bench` (where nb-bench looks for it).
+fn ensure_proxy_built() {
+    let dir = nb_bench().parent().expect("nb-bench is in a directory");
+    if dir.join("neurabalancer").is_file() {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "neurabalancer", "--bin", "neurabalancer"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    eprintln!("building neurabalancer for the lab test: {cmd:?}");
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p neurabalancer failed");
+    assert!(
+        dir.join("neurabalancer").is_file(),
+        "no neurabalancer in {}",
+        dir.display()
+    );
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("nb-lab-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two small backends, one of which halves its capacity half-way (so the run is phased
+/// and gets a p99-over-time chart).
+const TINY: &str = "\
+name: tiny
+description: two backends, one slows down at 1.5 s
+duration_s: 10
+warmup_s: 1
+deadline_ms: 500
+load: { rate: 150 }
+fleet:
+  - { id: steady, slots: 4, service: { dist: constant, ms: 5 } }
+  - { id: wobbly, slots: 4, service: { dist: constant, ms: 5 }, phases: [ { at_s: 1.5, slowdown: 2 } ] }
+";
+
+/// Processes whose command line mentions nb-bench's temp dirs for process `pid`.
+fn strays(pid: u32) -> Vec<String> {
+    let marker = format!("nb-bench-{pid}-");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&marker) {
+            out.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+fn temp_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let marker = format!("nb-bench-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&marker)))
+        .collect()
+}
+
+fn run_to_end(mut cmd: Command, limit: Duration) -> (Output, u32) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nb-bench");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(limit)
+        .expect("nb-bench finishes in time")
+        .expect("nb-bench output");
+    (out, pid)
+}
+
+#[test]
+fn a_short_lab_run_writes_the_table_results_and_charts() {
+    let _serial = serial();
+    ensure_proxy_built();
+    let scratch = Scratch::new("run");
+    let scenario = scratch.0.join("tiny.yaml");
+    std::fs::write(&scenario, TINY).expect("write scenario");
+    let out_dir = scratch.0.join("out");
+    let mut cmd = Command::new(nb_bench());
+    cmd.arg("--scenario")
+        .arg(&scenario)
+        .args(["--strategies", "round_robin,least_connections", "--reps", "1"])
+        .args(["--duration", "2", "--warmup", "0.5", "--out"])
+        .arg(&out_dir);
+    let started = Instant::now();
+    let (out, pid) = run_to_end(cmd, Duration::from_secs(180));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("took {:?}\n{stdout}\n{stderr}", started.elapsed());
+    assert!(out.status.success(), "{out:?}");
+
+    // The table: both strategies, ratios against the first, shares per backend.
+    assert!(stdout.contains("p99/round_robin"), "{stdout}");
+    let row = |name: &str| stdout.lines().find(|l| l.starts_with(name)).map(str::to_owned);
+    assert!(
+        row("round_robin")
+            .expect("round_robin row")
+            .trim_end()
+            .ends_with("1.00x"),
+        "{stdout}"
+    );
+    assert!(row("least_connections").is_some(), "{stdout}");
+    assert!(stdout.contains("steady") && stdout.contains("wobbly"), "{stdout}");
+    assert!(stderr.contains("one worker thread"), "{stderr}");
+
+    // results.json.
+    let json = std::fs::read_to_string(out_dir.join("results.json")).expect("results.json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(v["mode"], "lab");
+    assert!(v["machine"]["nproc"].as_u64().expect("nproc") >= 1, "{}", v["machine"]);
+    assert!(!v["machine"]["kernel"].as_str().expect("kernel").is_empty());
+    assert!(v["command_line"].as_array().expect("argv").len() > 5);
+    let s = &v["scenarios"][0];
+    assert_eq!(s["scenario"]["name"], "tiny");
+    assert_eq!(s["scenario"]["duration_s"], 2.0);
+    assert_eq!(s["baseline"], "round_robin");
+    let runs = s["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for (run, name) in runs.iter().zip(["round_robin", "least_connections"]) {
+        assert_eq!(run["strategy"], name);
+        let r = &run["report"];
+        let sent = r["sent"].as_u64().expect("sent");
+        assert!((200..=420).contains(&sent), "{name}: sent {sent}");
+        assert_eq!(r["ok"].as_u64(), Some(sent), "{name}: {r}");
+        let share = r["share"].as_object().expect("share");
+        assert!(
+            share.contains_key("steady") && share.contains_key("wobbly"),
+            "{share:?}"
+        );
+        assert_eq!(r["timeline"].as_array().expect("timeline").len(), 2);
+        assert!(r["latency_ms"]["p50"].as_f64().expect("p50") >= 5.0);
+        let lag = r["dispatch_lag_ms"]["p99"].as_f64().expect("lag");
+        assert!(lag < 20.0, "generator lagged {lag} ms");
+    }
+    let aggs = s["aggregates"].as_array().expect("aggregates");
+    assert_eq!(aggs.len(), 2);
+    assert_eq!(aggs[0]["p99_vs_baseline"], 1.0);
+    assert!(aggs[1]["p99_vs_baseline"].as_f64().expect("ratio") > 0.0);
+
+    // Charts.
+    let charts: Vec<&str> = s["charts"]
+        .as_array()
+        .expect("charts")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(charts, ["tiny-latency.svg", "tiny-p99-over-time.svg"]);
+    for c in charts {
+        let svg = std::fs::read_to_string(out_dir.join(c)).expect("chart written");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{c}");
+        assert!(svg.contains("round_robin") && svg.contains("least_connections"), "{c}");
+    }
+
+    // Nothing left behind.
+    assert_eq!(strays(pid), Vec::<String>::new());
+    assert_eq!(temp_dirs_of(pid), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn ctrl_c_stops_every_child_and_removes_the_temp_dir() {
+    let _serial = serial();
+    ensure_proxy_built();
+    let scratch = Scratch::new("interrupt");
+    let scenario = scratch.0.join("tiny.yaml");
+    std::fs::write(&scenario, TINY).expect("write scenario");
+    let mut child = Command::new(nb_bench())
+        .arg("--scenario")
+        .arg(&scenario)
+        .args(["--strategies", "round_robin", "--duration", "30", "--out"])
+        .arg(scratch.0.join("out"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nb-bench");
+    let pid = child.id();
+    // Wait until the fleet and the proxy run, then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while strays(pid).len() < 2 {
+        assert!(Instant::now() < deadline, "the fleet and the proxy never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-s", "INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let exit = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("nb-bench stops")
+        .expect("status");
+    assert_eq!(exit.code(), Some(130));
+    assert_eq!(strays(pid), Vec::<String>::new());
+    assert_eq!(temp_dirs_of(pid), Vec::<PathBuf>::new());
+    assert!(!scratch.0.join("out/results.json").exists());
+}
