@@ -104,7 +104,7 @@ def main():
         "",
         "`cargo test -p backend-sim --test lab_run the_model_agrees_with_the_lab_on_s0_and_s1` runs",
         "s0 and s1 in both and checks that they order the strategies alike and that the lab's p99",
-        "lies within 0.75–1.4× the model's plus 10 ms (the model leaves out the simulator's 1 ms",
+        "lies within 0.75–1.6× the model's plus 10 ms (the model leaves out the simulator's 1 ms",
         "timer granularity, the proxy hop and the shared cores; a short run's p99 also moves by",
         "10–15 % between seeds).",
         "",

@@ -105,6 +105,48 @@ fn low_load_p50_is_the_backend_delay() {
     });
 }
 
+/// A backend that really answers in `delay`: its handler sleeps on a blocking-pool thread
+/// (`std::thread::sleep`, ~0.1 ms precision) instead of Tokio's 1 ms timer wheel, which
+/// rounds every sleep up. backend-sim uses the latter, so its "10 ms" is ~12 ms.
+async fn precise_backend(delay: Duration) -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| async move {
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("x-backend-id", "precise")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                            .expect("response"),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Against a constant 10 ms backend at low load, p50 is within 1 ms of 10 ms.
+#[test]
+fn low_load_p50_is_within_1ms_of_a_constant_10ms_backend() {
+    let _serial = serial();
+    block_on(async {
+        let addr = precise_backend(ms(10)).await;
+        let report = run(&load(addr, 100.0, ms(3000), ms(1000))).await;
+        let p50 = report.latency_ms.p50;
+        eprintln!("precise 10 ms backend: p50 {p50:.3} ms over {} requests", report.sent);
+        assert_eq!(report.errors, 0, "{report:#?}");
+        assert!((p50 - 10.0).abs() <= 1.0, "p50 {p50:.3} ms is not within 1 ms of 10 ms");
+    });
+}
+
 /// Makes `b` answer nothing until `until`: every request arriving before then
 /// is held and answered at `until`, like a process stuck in a GC pause.
 async fn stall(b: &BackendHandle, until: Instant, normal: Duration) {

@@ -238,6 +238,15 @@ fn print_result(r: &ScenarioResult) {
     println!("({} took {:.1} s)\n", r.scenario.name, r.wall_s);
 }
 
+/// The runs of a scenario that failed (recorded as skipped repetitions).
+fn rep_failures(s: &Scenario, r: &ScenarioResult) -> Vec<String> {
+    r.skipped
+        .iter()
+        .filter(|k| k.reason.starts_with("rep "))
+        .map(|k| format!("{}: {}: {}", s.name, k.strategy, k.reason))
+        .collect()
+}
+
 fn simulate(scenarios: &[(PathBuf, Scenario)], strategies: &[Target], reps: u32) -> (Vec<ScenarioResult>, Vec<String>) {
     let mut done = Vec::new();
     let mut failures = Vec::new();
@@ -245,12 +254,7 @@ fn simulate(scenarios: &[(PathBuf, Scenario)], strategies: &[Target], reps: u32)
         match lab::simulate_scenario(file, s, strategies, reps) {
             Ok(r) => {
                 print_result(&r);
-                failures.extend(
-                    r.skipped
-                        .iter()
-                        .filter(|k| k.reason.starts_with("rep "))
-                        .map(|k| format!("{}: {}: {}", s.name, k.strategy, k.reason)),
-                );
+                failures.extend(rep_failures(s, &r));
                 done.push(r);
             }
             Err(e) => failures.push(e.to_string()),
@@ -303,12 +307,7 @@ async fn lab_runs(
             match lab::run_scenario(file, s, &opts, &progress).await {
                 Ok(r) => {
                     progress.suspend(|| print_result(&r));
-                    failures.extend(
-                        r.skipped
-                            .iter()
-                            .filter(|k| k.reason.starts_with("rep "))
-                            .map(|k| format!("{}: {}: {}", s.name, k.strategy, k.reason)),
-                    );
+                    failures.extend(rep_failures(s, &r));
                     done.push(r);
                 }
                 Err(e) => failures.push(e.to_string()),
