@@ -202,7 +202,7 @@ impl Proxy {
 
     /// Starts a second process with `run --upgrade` on the same configuration; it takes over
     /// the listeners when this one gets SIGQUIT.
-    pub fn spawn_upgrade(&self) -> Child {
+    pub fn spawn_upgrade(&self) -> KillOnDrop {
         let log = std::fs::File::create(self.dir.path().join("upgrade.log")).expect("log file");
         Command::new(bin())
             .arg("run")
@@ -212,6 +212,7 @@ impl Proxy {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(KillOnDrop)
             .expect("spawn upgrade")
     }
 
@@ -271,6 +272,16 @@ impl Proxy {
 
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.1
+    }
+}
+
+/// A child process that is killed when the test ends, also when it fails.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
