@@ -29,15 +29,11 @@ fn probe(hc: &HealthCheckConfig) -> HttpHealthCheck {
 }
 
 async fn check_one(check: &HttpHealthCheck, hc: &HealthCheckConfig, pool: &str, s: &Arc<BackendStats>) {
-    let mut target = Backend {
+    let target = Backend {
         addr: PSocketAddr::Inet(s.addr),
         weight: 1,
         ext: Default::default(),
     };
-    if hc.host.is_none() {
-        // The Host header names the server probed.
-        target.weight = 1;
-    }
     let ok = matches!(
         tokio::time::timeout(hc.timeout() + Duration::from_millis(50), check.check(&target)).await,
         Ok(Ok(()))

@@ -10,6 +10,10 @@ use backend_sim::model::{Dist, Profile};
 use backend_sim::sim::OrcaReport;
 use backend_sim::{spawn_profile, BackendHandle, Stats};
 
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::client;
+
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -22,15 +26,6 @@ pub fn constant(id: &str, service_ms: f64) -> Profile {
 /// Starts `p` with its epoch now.
 pub async fn start(p: Profile) -> BackendHandle {
     spawn_profile(p, Instant::now()).await.expect("spawn profile")
-}
-
-/// A client without environment proxies or idle connections.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client builds")
 }
 
 /// One answered request.
