@@ -230,6 +230,9 @@ async fn on_sighup(shared: Arc<Shared>) {
     }
 }
 
+/// How long a graceful exit waits for the store to write what it holds.
+const STORE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// After shutdown starts (listeners closed), exit as soon as in-flight requests are done
 /// instead of sleeping out Pingora's whole grace period; Pingora still ends the process at
 /// the end of the grace period if they never finish.
@@ -254,6 +257,13 @@ async fn drain_then_exit(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
             }
         } else {
             idle_since = None;
+        }
+    }
+    if shared.recorder.is_on() {
+        if shared.recorder.flush(STORE_FLUSH_TIMEOUT).await {
+            tracing::info!("request records flushed");
+        } else {
+            tracing::warn!(timeout = ?STORE_FLUSH_TIMEOUT, "request records not all flushed before exit");
         }
     }
     tracing::info!("drained; exiting");

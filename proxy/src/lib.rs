@@ -4,17 +4,21 @@
 //! Layout: [`config`] (typed files), [`strategy`] (pure selection algorithms),
 //! [`upstream`] (pools, live backend state, Pingora `BackendSelection`), [`proxy`] (the
 //! `ProxyHttp` phases), [`health`] (active checks), [`control`] (reloads, drain),
-//! [`admin`] (admin API), [`metrics`], [`server`] (assembly).
+//! [`admin`] (admin API), [`metrics`], [`store`] (request records to PostgreSQL and
+//! JSONL), [`features`] (what a decision sees), [`server`] (assembly).
 
 pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod features;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod orca;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod store;
 pub use nb_strategy as strategy;
 pub mod upstream;

@@ -26,27 +26,49 @@ enum Command {
         #[arg(long, default_value = "conf/neurabalancer.yaml")]
         config: PathBuf,
     },
+    /// Apply the database migrations (the proxy also does this when it starts recording).
+    Migrate {
+        #[arg(long, default_value = "conf/neurabalancer.yaml")]
+        config: PathBuf,
+    },
+    /// Write recent request records (the training_requests view) as JSONL, with the
+    /// columns of the JSONL request log.
+    ExportTraining {
+        #[arg(long, default_value = "conf/neurabalancer.yaml")]
+        config: PathBuf,
+        /// How far back, e.g. `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// Output file; `-` for standard output.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn report<T>(r: Result<T, impl std::fmt::Display>, ok: impl FnOnce(T)) -> ExitCode {
+    match r {
+        Ok(v) => {
+            ok(v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use neurabalancer::server;
     match cli.command {
-        Command::Check { config } => match neurabalancer::server::check(&config) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run { config, upgrade } => match neurabalancer::server::run(&config, upgrade) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config } => report(server::check(&config), |_| println!("ok")),
+        Command::Run { config, upgrade } => report(server::run(&config, upgrade), |()| {}),
+        Command::Migrate { config } => report(server::migrate(&config), |applied| {
+            println!("ok: {} migration(s) applied", applied.len())
+        }),
+        Command::ExportTraining { config, since, out } => report(server::export_training(&config, since, &out), |n| {
+            eprintln!("exported {n} rows")
+        }),
     }
 }

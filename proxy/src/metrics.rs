@@ -27,6 +27,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub ejections: IntCounterVec,
+    pub store_written: IntCounterVec,
+    pub store_dropped: IntCounterVec,
+    pub store_errors: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -91,6 +94,24 @@ impl Metrics {
                 "neurabalancer_config_reloads_total",
                 "Configuration reloads by result (success, error).",
                 &["result"],
+            ),
+            store_written: counter(
+                &registry,
+                "neurabalancer_store_rows_written_total",
+                "Records written by sink (postgres, jsonl) and table.",
+                &["sink", "table"],
+            ),
+            store_dropped: counter(
+                &registry,
+                "neurabalancer_store_rows_dropped_total",
+                "Records dropped by sink, table and reason (queue_full: the sink was behind; rejected: the database refused the batch; shutdown: unwritten at exit).",
+                &["sink", "table", "reason"],
+            ),
+            store_errors: counter(
+                &registry,
+                "neurabalancer_store_write_errors_total",
+                "Failed write attempts by sink (the batch is retried unless it was rejected).",
+                &["sink"],
             ),
             health_checks: counter(
                 &registry,

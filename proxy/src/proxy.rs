@@ -6,10 +6,10 @@
 //! | `request_filter` | request id; route by Host and path to a pool (404 when none) |
 //! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones (503 when none); its in-flight guard starts |
 //! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in |
-//! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); hop-by-hop out |
+//! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); the backend's ORCA load report read (and removed); hop-by-hop out |
 //! | `response_filter` | `X-Request-Id` echoed to the client; `Connection: close` while draining |
 //! | `fail_to_connect` / `error_while_proxy` | passive health; retry on another backend, capped by the pool's `max_retries` |
-//! | `logging` | metrics, once per request, success or failure |
+//! | `logging` | metrics and the request record, once per request, success or failure |
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,9 +24,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
 use crate::clock;
+use crate::features::Features;
 use crate::headers;
 use crate::metrics::{self, metrics};
+use crate::orca;
 use crate::state::Shared;
+use crate::store::record::now_unix_us;
+use crate::store::RequestRecord;
 use crate::strategy::InflightGuard;
 use crate::upstream::{BackendStats, Failure, Pool};
 
@@ -68,7 +72,30 @@ pub struct Ctx {
     /// When the current backend was chosen (clock ns), for its latency sample.
     sent_at_ns: u64,
     response_started: bool,
+    /// Only while recording: what the request record needs beyond the rest of the context.
+    rec: Option<RecordCtx>,
     _request: RequestGuard,
+}
+
+#[derive(Default)]
+struct RecordCtx {
+    /// Arrival, µs since the Unix epoch.
+    time_us: i64,
+    route: Option<Arc<str>>,
+    trace_id: Option<String>,
+    /// The chosen backend's features at the moment it was chosen.
+    features: Option<Features>,
+    upstream_latency_us: Option<i64>,
+}
+
+/// Counts a backend failure for passive health; logs and counts an ejection it causes.
+fn record_failure(pool: &Pool, backend: &BackendStats, kind: Failure) {
+    let cfg = pool.config();
+    if let Some(ms) = backend.record_failure(kind, &cfg.outlier_detection) {
+        let id = backend.id();
+        metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
+        tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, reason = ?kind, "backend ejected");
+    }
 }
 
 /// Shared by both error paths: count the failure against the backend and, within budget,
@@ -77,12 +104,8 @@ fn on_backend_error(ctx: &mut Ctx, mut e: Box<Error>, kind: Failure, retryable: 
     let (Some(pool), Some(backend)) = (ctx.pool.clone(), ctx.backend.take()) else {
         return e;
     };
+    record_failure(&pool, &backend, kind);
     let cfg = pool.config();
-    if let Some(ms) = backend.record_failure(kind, &cfg.outlier_detection) {
-        let id = backend.id();
-        metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
-        tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, reason = ?kind, "backend ejected");
-    }
     ctx.backend_guard = None;
     ctx.tried.push(backend.addr);
     if retryable && ctx.retries < cfg.max_retries {
@@ -111,6 +134,10 @@ impl ProxyHttp for Proxy {
             retries: 0,
             sent_at_ns: 0,
             response_started: false,
+            rec: self.shared.recorder.is_on().then(|| RecordCtx {
+                time_us: now_unix_us(),
+                ..RecordCtx::default()
+            }),
             _request: RequestGuard::new(&self.shared),
         }
     }
@@ -127,10 +154,19 @@ impl ProxyHttp for Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host())
             .unwrap_or("");
+        if let Some(rec) = &mut ctx.rec {
+            rec.trace_id = req
+                .headers
+                .get(headers::TRACEPARENT)
+                .and_then(|v| headers::trace_id(v.as_bytes()));
+        }
         let upstreams = self.shared.upstreams.load();
         match upstreams.route(host, req.uri.path()) {
-            Some(pool) => {
-                ctx.pool = Some(pool.clone());
+            Some(route) => {
+                ctx.pool = Some(route.pool.clone());
+                if let Some(rec) = &mut ctx.rec {
+                    rec.route = Some(route.prefix.clone());
+                }
                 Ok(false)
             }
             None => {
@@ -157,9 +193,14 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = Some(Duration::from_millis(t.read_ms));
         peer.options.write_timeout = Some(Duration::from_millis(t.write_ms));
         peer.options.idle_timeout = Some(Duration::from_millis(t.idle_ms));
+        let now = clock::now_ns();
+        if let Some(rec) = &mut ctx.rec {
+            // Before this request counts in flight: what the decision saw.
+            rec.features = Some(Features::of(&backend, now, pool.shared.params.load().decay_ns));
+        }
         ctx.backend_guard = Some(backend.load.track());
         ctx.backend = Some(backend);
-        ctx.sent_at_ns = clock::now_ns();
+        ctx.sent_at_ns = now;
         Ok(Box::new(peer))
     }
 
@@ -188,19 +229,22 @@ impl ProxyHttp for Proxy {
         if let (Some(pool), Some(backend)) = (&ctx.pool, &ctx.backend) {
             let now = clock::now_ns();
             let decay = pool.shared.params.load().decay_ns;
-            backend
-                .load
-                .observe(now.saturating_sub(ctx.sent_at_ns) as f64, now, decay);
+            let rtt_ns = now.saturating_sub(ctx.sent_at_ns);
+            backend.load.observe(rtt_ns as f64, now, decay);
+            if let Some(rec) = &mut ctx.rec {
+                rec.upstream_latency_us = Some((rtt_ns / 1_000) as i64);
+            }
             if resp.status.is_server_error() {
-                let cfg = pool.config();
-                if let Some(ms) = backend.record_failure(Failure::Status5xx, &cfg.outlier_detection) {
-                    let id = backend.id();
-                    metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
-                    tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, "backend ejected after consecutive 5xx");
-                }
+                record_failure(pool, backend, Failure::Status5xx);
             } else {
                 backend.record_success();
             }
+            if let Some(report) = resp.headers.get(orca::HEADER).and_then(|v| orca::parse(v.as_bytes())) {
+                backend.record_report(&report);
+            }
+        }
+        if !self.shared.config.load().loaded.main.server.forward_load_reports {
+            resp.remove_header(orca::HEADER);
         }
         headers::strip_response_hop_by_hop(resp);
         Ok(())
@@ -260,6 +304,28 @@ impl ProxyHttp for Proxy {
             .observe(ctx.start.elapsed().as_secs_f64());
         if let Some(e) = e {
             tracing::debug!(request_id = %ctx.request_id, pool, backend, status, error = %e, "request failed");
+        }
+        if let Some(rec) = ctx.rec.take() {
+            self.shared.recorder.record(RequestRecord {
+                time_us: rec.time_us,
+                request_id: std::mem::take(&mut ctx.request_id),
+                trace_id: rec.trace_id,
+                pool: ctx.pool.as_ref().map(|p| p.name.clone()),
+                route: rec.route,
+                backend: id,
+                backend_address: ctx.backend.as_ref().map(|b| b.addr),
+                method,
+                status,
+                error: e.map(|e| e.etype().as_str()),
+                latency_us: ctx.start.elapsed().as_micros() as i64,
+                upstream_latency_us: rec.upstream_latency_us,
+                request_bytes: session.body_bytes_read() as i64,
+                response_bytes: session.body_bytes_sent() as i64,
+                retries: ctx.retries,
+                strategy: ctx.pool.as_ref().map(|p| p.shared.params.load().kind.as_str()),
+                features: rec.features,
+                predicted_latency_us: None,
+            });
         }
     }
 }

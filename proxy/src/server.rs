@@ -1,5 +1,6 @@
-//! Assembles the Pingora server: the proxy service, the admin service and the control
-//! background service, with Pingora's settings taken from our configuration.
+//! Assembles the Pingora server: the proxy service, the admin service, the control
+//! background service and (when recording) the store's, with Pingora's settings taken from
+//! our configuration.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -22,12 +23,56 @@ const RUNTIME_SHUTDOWN_TIMEOUT_S: u64 = 5;
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         addr: SocketAddr,
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0} is not set: name the database in it (storage.database_url_env)")]
+    NoDatabase(String),
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Migrate(#[from] crate::store::migrate::MigrateError),
+    #[error("{0}")]
+    Export(#[from] crate::store::export::ExportError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a database command of the CLI on a small runtime of its own.
+fn with_database<T>(main: &Path, f: impl AsyncFnOnce(String) -> Result<T, CliError>) -> Result<T, CliError> {
+    let loaded = config::load(main)?;
+    let st = &loaded.main.storage;
+    let url = st
+        .database_url()
+        .ok_or_else(|| CliError::NoDatabase(st.database_url_env.clone()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(f(url))
+}
+
+/// `neurabalancer migrate`: applies the migrations; returns the versions applied.
+pub fn migrate(main: &Path) -> Result<Vec<i32>, CliError> {
+    with_database(main, async |url| {
+        let client = crate::store::pg_connect(&url).await?;
+        Ok(crate::store::migrate::apply(&client).await?)
+    })
+}
+
+/// `neurabalancer export-training`: returns the number of rows written.
+pub fn export_training(main: &Path, since: std::time::Duration, out: &Path) -> Result<u64, CliError> {
+    with_database(main, async |url| {
+        Ok(crate::store::export::export_training(&url, since, out).await?)
+    })
 }
 
 /// `neurabalancer check`: validates both files.
@@ -67,7 +112,8 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         probe_listen(m.admin.listen, "admin listener")?;
     }
     let token = std::env::var(&m.admin.token_env).ok().filter(|t| !t.is_empty());
-    let shared = Shared::new(loaded, token);
+    let (recorder, store) = crate::store::build(&m.storage)?;
+    let shared = Shared::new(loaded, token, recorder);
 
     let conf = ServerConf {
         threads: m.threads,
@@ -103,6 +149,16 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(control);
-    tracing::info!(listen = %m.listen, admin = %m.admin.listen, threads = m.threads, "neurabalancer starting");
+    if let Some(store) = store {
+        store.attach(shared.clone());
+        server.add_service(background_service("store", store));
+    }
+    tracing::info!(
+        listen = %m.listen,
+        admin = %m.admin.listen,
+        threads = m.threads,
+        recording = shared.recorder.is_on(),
+        "neurabalancer starting"
+    );
     server.run_forever()
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, LoadedConfig};
+use crate::store::Recorder;
 use crate::upstream::Upstreams;
 
 /// What happened at the last reload attempt.
@@ -43,10 +44,12 @@ pub struct Shared {
     pub generation: watch::Sender<u64>,
     /// Serialises reloads (never taken on the request path).
     pub reload_lock: std::sync::Mutex<()>,
+    /// Request recording (off when no sink is configured).
+    pub recorder: Recorder,
 }
 
 impl Shared {
-    pub fn new(loaded: LoadedConfig, admin_token: Option<String>) -> Arc<Shared> {
+    pub fn new(loaded: LoadedConfig, admin_token: Option<String>, recorder: Recorder) -> Arc<Shared> {
         let (upstreams, _) = Upstreams::build(&loaded.upstreams, None);
         Arc::new(Shared {
             upstreams: ArcSwap::from_pointee(upstreams),
@@ -60,6 +63,7 @@ impl Shared {
             admin_token,
             generation: watch::Sender::new(1),
             reload_lock: std::sync::Mutex::new(()),
+            recorder,
         })
     }
 }

@@ -92,19 +92,59 @@ impl Default for MlConfig {
     }
 }
 
+/// Request recording. Off unless the database URL variable is set or a request log file
+/// is named; either way it never slows or fails a request (records beyond the queue are
+/// dropped and counted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Name of the environment variable holding the PostgreSQL URL; unset or empty: no
+    /// database recording.
     pub database_url_env: String,
+    /// JSONL request log (same columns as `export-training`); relative to the main file.
     pub request_log_file: Option<PathBuf>,
+    /// The request log is rotated (`file.1`, `file.2`, ...) when it reaches this size.
+    pub request_log_max_bytes: u64,
+    /// Rotated request logs kept.
+    pub request_log_keep: u32,
+    /// Records waiting per sink; beyond it they are dropped and counted.
+    pub queue_capacity: usize,
+    /// Records per write (one `COPY` for PostgreSQL).
+    pub batch_size: usize,
+    /// A partial batch is written after this long.
+    pub flush_interval_ms: u64,
+    /// Backend snapshots into `backend_snapshots` (PostgreSQL only); 0: off.
+    pub snapshot_interval_ms: u64,
 }
+
+pub const DEFAULT_REQUEST_LOG_MAX_BYTES: u64 = 64 << 20;
+pub const DEFAULT_REQUEST_LOG_KEEP: u32 = 5;
+pub const DEFAULT_STORE_QUEUE: usize = 65_536;
+pub const DEFAULT_STORE_BATCH: usize = 4_096;
+pub const DEFAULT_STORE_FLUSH_MS: u64 = 200;
+pub const DEFAULT_SNAPSHOT_MS: u64 = 1_000;
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             database_url_env: DEFAULT_DATABASE_URL_ENV.to_string(),
             request_log_file: None,
+            request_log_max_bytes: DEFAULT_REQUEST_LOG_MAX_BYTES,
+            request_log_keep: DEFAULT_REQUEST_LOG_KEEP,
+            queue_capacity: DEFAULT_STORE_QUEUE,
+            batch_size: DEFAULT_STORE_BATCH,
+            flush_interval_ms: DEFAULT_STORE_FLUSH_MS,
+            snapshot_interval_ms: DEFAULT_SNAPSHOT_MS,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The database URL from the configured environment variable, if set and not empty.
+    pub fn database_url(&self) -> Option<String> {
+        std::env::var(&self.database_url_env)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
     }
 }
 
@@ -134,6 +174,9 @@ pub struct ServerSettings {
     /// Unix socket over which `run --upgrade` receives the listening sockets of the running
     /// instance (after it gets SIGQUIT).
     pub upgrade_sock: PathBuf,
+    /// Pass backends' ORCA `endpoint-load-metrics` headers on to clients (they are read
+    /// either way, and removed by default: they describe the backend, not the response).
+    pub forward_load_reports: bool,
 }
 
 impl Default for ServerSettings {
@@ -142,6 +185,7 @@ impl Default for ServerSettings {
             grace_period_s: DEFAULT_GRACE_PERIOD_S,
             upstream_keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
             upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            forward_load_reports: false,
         }
     }
 }
@@ -167,6 +211,9 @@ impl MainConfig {
         if cfg.upstreams_file.is_relative() {
             cfg.upstreams_file = base_dir.join(&cfg.upstreams_file);
         }
+        if let Some(f) = cfg.storage.request_log_file.as_mut().filter(|f| f.is_relative()) {
+            *f = base_dir.join(&*f);
+        }
         let mut c = Collector::duplicate_keys(file, text)?;
         if cfg.threads == 0 || cfg.threads > 256 {
             c.err("threads", "must be 1..=256");
@@ -185,6 +232,19 @@ impl MainConfig {
         }
         if !(cfg.ml.endpoint.starts_with("http://") || cfg.ml.endpoint.starts_with("https://")) {
             c.err("ml.endpoint", "must be an http:// or https:// URL");
+        }
+        let st = &cfg.storage;
+        if st.batch_size == 0 {
+            c.err("storage.batch_size", "must be at least 1");
+        }
+        if st.queue_capacity < st.batch_size {
+            c.err("storage.queue_capacity", "must be at least storage.batch_size");
+        }
+        if st.flush_interval_ms == 0 {
+            c.err("storage.flush_interval_ms", "must be positive");
+        }
+        if st.request_log_max_bytes < 4096 {
+            c.err("storage.request_log_max_bytes", "must be at least 4096");
         }
         if cfg.server.grace_period_s == 0 {
             c.err("server.grace_period_s", "must be at least 1");

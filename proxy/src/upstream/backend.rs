@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::config::OutlierConfig;
+use crate::orca::LoadReport;
 use crate::strategy::Load;
 
 /// Active health state.
@@ -71,6 +72,33 @@ pub struct BackendStats {
     failures: AtomicU64,
     last_success_ns: AtomicU64,
     draining: AtomicBool,
+    /// The backend's latest ORCA load report, as f32 bits (NaN: never reported).
+    reported_cpu: AtomicU32,
+    reported_queue: AtomicU32,
+    reported_rps: AtomicU32,
+}
+
+/// What a backend last reported about its own load (ORCA); `None` where it never did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReportedLoad {
+    pub cpu_utilization: Option<f32>,
+    pub queue: Option<f32>,
+    pub rps: Option<f32>,
+}
+
+fn nan_bits() -> AtomicU32 {
+    AtomicU32::new(f32::NAN.to_bits())
+}
+
+fn store_if_some(cell: &AtomicU32, v: Option<f64>) {
+    if let Some(v) = v {
+        cell.store((v as f32).to_bits(), Relaxed);
+    }
+}
+
+fn load_opt(cell: &AtomicU32) -> Option<f32> {
+    let v = f32::from_bits(cell.load(Relaxed));
+    (!v.is_nan()).then_some(v)
 }
 
 impl BackendStats {
@@ -93,6 +121,9 @@ impl BackendStats {
             failures: AtomicU64::new(0),
             last_success_ns: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            reported_cpu: nan_bits(),
+            reported_queue: nan_bits(),
+            reported_rps: nan_bits(),
         })
     }
 
@@ -239,6 +270,21 @@ impl BackendStats {
         match self.last_success_ns.load(Relaxed) {
             0 => None,
             t => Some(t),
+        }
+    }
+
+    /// Keeps the fields of a load report the backend sent with a response.
+    pub fn record_report(&self, r: &LoadReport) {
+        store_if_some(&self.reported_cpu, r.cpu_utilization);
+        store_if_some(&self.reported_queue, r.queue);
+        store_if_some(&self.reported_rps, r.rps_fractional);
+    }
+
+    pub fn reported(&self) -> ReportedLoad {
+        ReportedLoad {
+            cpu_utilization: load_opt(&self.reported_cpu),
+            queue: load_opt(&self.reported_queue),
+            rps: load_opt(&self.reported_rps),
         }
     }
 

@@ -6,7 +6,7 @@ mod pool;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use backend::{BackendStats, Failure, Health};
+pub use backend::{BackendStats, Failure, Health, ReportedLoad};
 pub use pool::{Members, Pool, PoolIter, PoolSelector, PoolShared};
 
 use crate::config::{RouteConfig, UpstreamsConfig};
@@ -48,10 +48,12 @@ impl HostMatch {
     }
 }
 
-struct Route {
+/// One routing rule: requests whose Host matches and whose path starts with `prefix`.
+pub struct Route {
     host: HostMatch,
-    prefix: String,
-    pool: Arc<Pool>,
+    /// Also the request's route class in records (bounded by the configuration).
+    pub prefix: Arc<str>,
+    pub pool: Arc<Pool>,
 }
 
 /// One published version of the upstreams: every request works on the snapshot it loaded.
@@ -109,7 +111,7 @@ impl Upstreams {
             .filter_map(|r: &RouteConfig| {
                 Some(Route {
                     host: HostMatch::parse(&r.host),
-                    prefix: r.path_prefix.clone(),
+                    prefix: r.path_prefix.as_str().into(),
                     pool: pools.get(&r.pool)?.clone(),
                 })
             })
@@ -125,13 +127,12 @@ impl Upstreams {
         (Upstreams { pools, routes }, added)
     }
 
-    /// The pool for a request, by Host header (port ignored) and path.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
+    /// The route (and so the pool) for a request, by Host header (port ignored) and path.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
         let host = host_only(host);
         self.routes
             .iter()
-            .find(|r| r.host.matches(host) && path.starts_with(r.prefix.as_str()))
-            .map(|r| &r.pool)
+            .find(|r| r.host.matches(host) && path.starts_with(&*r.prefix))
     }
 
     /// Names of pools that at least one route leads to.
@@ -155,7 +156,7 @@ mod tests {
         let text = "pools:\n  a: { servers: [ { id: x, address: 127.0.0.1:1 } ] }\n  b: { servers: [ { id: x, address: 127.0.0.1:2 } ] }\n  c: { servers: [ { id: x, address: 127.0.0.1:3 } ] }\n  d: { servers: [ { id: x, address: 127.0.0.1:4 } ] }\nroutes:\n  - { pool: a }\n  - { path_prefix: /api, pool: b }\n  - { host: \"*.example.com\", pool: c }\n  - { host: api.example.com, path_prefix: /v2, pool: d }\n";
         let cfg = UpstreamsConfig::parse("t", text).expect("valid");
         let (u, _) = Upstreams::build(&cfg, None);
-        let name = |h: &str, p: &str| u.route(h, p).map(|p| p.name.to_string()).unwrap_or_default();
+        let name = |h: &str, p: &str| u.route(h, p).map(|r| r.pool.name.to_string()).unwrap_or_default();
         assert_eq!(name("other", "/x"), "a");
         assert_eq!(name("other:8080", "/api/x"), "b");
         assert_eq!(name("www.Example.com", "/api"), "c");
