@@ -2,6 +2,8 @@
 //! with configuration files in a temporary directory, and kills it when dropped.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
