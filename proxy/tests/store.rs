@@ -585,3 +585,59 @@ async fn bad_storage_settings_stop_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_database_refuses_is_dropped_and_counted_and_writing_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let pg = PgCluster::start().await;
+    let url = pg.create_database("reject").await;
+    let b = backends(1, Duration::ZERO).await;
+    let proxy = Proxy::start_with(
+        &upstreams("round_robin", &servers(&b), ""),
+        &storage(""),
+        &[("DATABASE_URL", &url)],
+    )
+    .await;
+    let written = || async {
+        metric(
+            &proxy.metrics().await,
+            "neurabalancer_store_rows_written_total",
+            &[("sink", "postgres"), ("table", "requests")],
+        )
+    };
+    for _ in 0..10 {
+        assert_eq!(proxy.get("/").await.0, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async { written().await == 10.0 })
+            .await
+            .is_some()
+    );
+    // An operator's constraint the next record breaks: the database refuses its batch.
+    let c = neurabalancer::store::pg_connect(&url).await.expect("connect");
+    c.batch_execute("ALTER TABLE requests ADD CONSTRAINT no_deletes CHECK (method <> 'DELETE')")
+        .await
+        .expect("constraint");
+    let r = proxy.client.delete(proxy.url("/x")).send().await.expect("delete");
+    assert_eq!(r.status(), 200, "the request itself is served");
+    let rejected = eventually(Duration::from_secs(10), || async {
+        metric(
+            &proxy.metrics().await,
+            "neurabalancer_store_rows_dropped_total",
+            &[("sink", "postgres"), ("reason", "rejected")],
+        ) == 1.0
+    })
+    .await;
+    assert!(rejected.is_some(), "{}", proxy.log());
+    // Later batches are written as before.
+    for _ in 0..10 {
+        assert_eq!(proxy.get("/").await.0, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async { written().await == 20.0 })
+            .await
+            .is_some()
+    );
+    assert_eq!(count(&url, "SELECT count(*) FROM requests").await, 20);
+    assert!(proxy.log().contains("batch rejected"), "{}", proxy.log());
+}

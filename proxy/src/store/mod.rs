@@ -242,6 +242,14 @@ struct Parts {
 /// settings. Nothing connects yet: that happens when the service starts (after Pingora
 /// has daemonised). Fails on an unparsable database URL or an unwritable log file.
 pub fn build(cfg: &StorageConfig) -> Result<(Recorder, Option<StoreService>), StoreError> {
+    build_with_url(cfg, cfg.database_url())
+}
+
+/// [`build`] with the database URL given rather than read from the environment.
+pub fn build_with_url(
+    cfg: &StorageConfig,
+    database_url: Option<String>,
+) -> Result<(Recorder, Option<StoreService>), StoreError> {
     let opts = BatchOpts {
         size: cfg.batch_size,
         max_age: Duration::from_millis(cfg.flush_interval_ms),
@@ -262,7 +270,7 @@ pub fn build(cfg: &StorageConfig) -> Result<(Recorder, Option<StoreService>), St
         });
         parts.lanes.push((sink, rx));
     };
-    if let Some(url) = cfg.database_url() {
+    if let Some(url) = database_url {
         let db = pg::Db::new(&url).map_err(|e| match e {
             pg::DbError::Url(source) => StoreError::Url {
                 var: cfg.database_url_env.clone(),

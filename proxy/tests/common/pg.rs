@@ -72,7 +72,20 @@ impl PgCluster {
                 }),
             };
         }
-        match tokio::task::spawn_blocking(Local::start).await {
+        Self::start_local(false).await
+    }
+
+    /// Like [`start`](Self::start) (and also overridden by `DATABASE_URL`), but with
+    /// PostgreSQL's default durability and on disk: what benchmarks measure against.
+    pub async fn start_durable() -> PgCluster {
+        if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+            return Self::start().await;
+        }
+        Self::start_local(true).await
+    }
+
+    async fn start_local(durable: bool) -> PgCluster {
+        match tokio::task::spawn_blocking(move || Local::start(durable)).await {
             Ok(local) => PgCluster {
                 kind: Kind::Local(local),
             },
@@ -216,15 +229,22 @@ struct Local {
     bins: &'static Bins,
     /// Cleans up if this process dies without dropping us; see [`spawn_watchdog`].
     watchdog: Option<Child>,
+    /// Default durability settings (fsync and all) instead of the fast test settings.
+    durable: bool,
 }
 
 impl Local {
-    fn start() -> Local {
+    fn start(durable: bool) -> Local {
         let bins = bins();
         let template = template(bins);
+        let base = if durable {
+            std::env::temp_dir()
+        } else {
+            scratch_base().to_path_buf()
+        };
         let root = tempfile::Builder::new()
             .prefix("nb-pg-")
-            .tempdir_in(scratch_base())
+            .tempdir_in(base)
             .expect("temp dir for PostgreSQL");
         let watchdog = spawn_watchdog(bins, root.path());
         let mut local = Local {
@@ -232,6 +252,7 @@ impl Local {
             port: super::free_port(),
             bins,
             watchdog: Some(watchdog),
+            durable,
         };
         std::fs::create_dir(local.sock()).expect("socket dir");
         let cp = run(Command::new("cp").arg("-a").arg(template).arg(local.data()));
@@ -279,9 +300,13 @@ impl Local {
 
     /// `pg_ctl start -w`: returns when the server accepts connections or has failed.
     fn start_server(&self) -> Result<(), String> {
+        let fast = if self.durable {
+            ""
+        } else {
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{fast}",
             self.port,
             self.sock().display()
         );
