@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: three simulated backends of different speeds (2, 5 and 20 ms), the proxy in
 # front of them, and open-loop traffic through it under each classic strategy in turn,
-# switched by hot reload. Prints what each strategy did with the traffic.
+# switched by hot reload. Prints what each strategy did with the traffic, and what the
+# proxy recorded: one JSON line per request in target/demo/requests.jsonl (the JSONL
+# request log, storage.request_log_file), kept after the demo for a closer look.
 # Needs no database. Uses ports 8080 (proxy), 8090 (admin) and 8001-8003 (backends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +24,20 @@ trap cleanup EXIT
 
 cp conf/neurabalancer.yaml conf/upstreams.yaml "$work/"
 sed -i 's/log_format: json/log_format: text/' "$work/neurabalancer.yaml"
+# The request log starts empty each run (the proxy appends to an existing file).
+request_log="$root/target/demo/requests.jsonl"
+mkdir -p "$(dirname "$request_log")"
+rm -f "$request_log" "$request_log".[0-9]*
+sed -i -E "s|^(  request_log_file:) null|\1 $request_log|" "$work/neurabalancer.yaml"
+grep -q "request_log_file: $request_log" "$work/neurabalancer.yaml" ||
+  { echo "demo: could not set storage.request_log_file in the demo config" >&2; exit 1; }
 
 "$root/target/release/backend-sim" --fleet conf/sim/demo.yaml 2>"$work/sim.log" &
 pids+=($!)
-"$root/target/release/neurabalancer" run --config "$work/neurabalancer.yaml" 2>"$work/proxy.log" &
-pids+=($!)
+# Without DATABASE_URL: the demo records to the file only, whatever the caller's environment.
+env -u DATABASE_URL "$root/target/release/neurabalancer" run --config "$work/neurabalancer.yaml" 2>"$work/proxy.log" &
+proxy_pid=$!
+pids+=("$proxy_pid")
 
 for _ in $(seq 100); do
   if curl -fs http://127.0.0.1:8090/health/ready >/dev/null 2>&1; then break; fi
@@ -80,3 +91,40 @@ for s in json.load(open(sys.argv[1])):
 PY
 echo
 echo "Metrics: curl -s http://127.0.0.1:8090/metrics | grep neurabalancer_   (while the demo runs)"
+
+curl -s http://127.0.0.1:8090/metrics >"$work/metrics.txt"
+# A graceful stop (SIGTERM) writes every record still queued before the process exits.
+kill -TERM "$proxy_pid"
+for _ in $(seq 300); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$proxy_pid" 2>/dev/null; then
+  echo "demo: the proxy did not exit after SIGTERM; its log:" >&2
+  cat "$work/proxy.log" >&2
+  exit 1
+fi
+wait "$proxy_pid" 2>/dev/null || true
+echo
+python3 - "$request_log" "${request_log#"$root"/}" "$work/metrics.txt" <<'PY'
+import glob, json, sys
+path, shown, metrics = sys.argv[1:4]
+files = sorted(glob.glob(path + ".[0-9]*"), key=lambda f: -int(f.rsplit(".", 1)[1])) + [path]
+records = [json.loads(line) for f in files for line in open(f)]
+by_strategy = {}
+for r in records:
+    by_strategy[r["strategy"]] = by_strategy.get(r["strategy"], 0) + 1
+dropped = sum(float(l.rsplit(" ", 1)[1]) for l in open(metrics)
+              if l.startswith("neurabalancer_store_rows_dropped_total{"))
+dropped = "none" if dropped == 0 else f"{dropped:.0f}"
+print(f"Request records: {len(records)} in {shown} (storage.request_log_file), one JSON object")
+print(f"per request, {dropped} dropped; what was still queued was written on the graceful stop (SIGTERM).")
+print("By strategy: " + ", ".join(f"{k} {v}" for k, v in by_strategy.items()))
+print("The last record (f_*: the chosen backend as the strategy saw it; f_reported_*: its ORCA report):")
+fields = [json.dumps({k: v})[1:-1] for k, v in records[-1].items()]
+line = "  {"
+for i, f in enumerate(fields):
+    f += "," if i < len(fields) - 1 else "}"
+    if len(line) + 1 + len(f) > 100:
+        print(line)
+        line = "   "
+    line += ("" if line.endswith(("{", "   ")) else " ") + f
+print(line)
+PY
