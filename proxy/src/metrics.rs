@@ -104,7 +104,7 @@ impl Metrics {
             store_dropped: counter(
                 &registry,
                 "neurabalancer_store_rows_dropped_total",
-                "Records dropped by sink, table and reason (queue_full: the sink was behind; rejected: the database refused the batch; shutdown: unwritten at exit).",
+                "Records dropped by sink, table and reason (queue_full: the sink was behind; rejected: the database refused the batch; unavailable: a snapshot the database could not take; shutdown: still queued when a graceful exit stopped waiting).",
                 &["sink", "table", "reason"],
             ),
             store_errors: counter(

@@ -83,8 +83,10 @@ struct RecordCtx {
     time_us: i64,
     route: Option<Arc<str>>,
     trace_id: Option<String>,
-    /// The chosen backend's features at the moment it was chosen.
+    /// The chosen backend's features at the moment it was chosen, and the strategy that
+    /// chose it.
     features: Option<Features>,
+    strategy: Option<&'static str>,
     upstream_latency_us: Option<i64>,
 }
 
@@ -196,7 +198,9 @@ impl ProxyHttp for Proxy {
         let now = clock::now_ns();
         if let Some(rec) = &mut ctx.rec {
             // Before this request counts in flight: what the decision saw.
-            rec.features = Some(Features::of(&backend, now, pool.shared.params.load().decay_ns));
+            let params = pool.shared.params.load();
+            rec.features = Some(Features::of(&backend, now, params.decay_ns));
+            rec.strategy = Some(params.kind.as_str());
         }
         ctx.backend_guard = Some(backend.load.track());
         ctx.backend = Some(backend);
@@ -322,7 +326,7 @@ impl ProxyHttp for Proxy {
                 request_bytes: session.body_bytes_read() as i64,
                 response_bytes: session.body_bytes_sent() as i64,
                 retries: ctx.retries,
-                strategy: ctx.pool.as_ref().map(|p| p.shared.params.load().kind.as_str()),
+                strategy: rec.strategy,
                 features: rec.features,
                 predicted_latency_us: None,
             });

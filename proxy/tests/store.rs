@@ -641,3 +641,42 @@ async fn a_batch_the_database_refuses_is_dropped_and_counted_and_writing_goes_on
     assert_eq!(count(&url, "SELECT count(*) FROM requests").await, 20);
     assert!(proxy.log().contains("batch rejected"), "{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_exit_with_the_database_down_still_flushes_the_request_log() {
+    let _serial = SERIAL.lock().await;
+    let pg = PgCluster::start().await;
+    if !pg.can_restart() {
+        eprintln!("skipped: DATABASE_URL names a server this test cannot stop");
+        return;
+    }
+    let url = pg.create_database("exit").await;
+    pg.stop();
+    let b = backends(1, Duration::ZERO).await;
+    let mut proxy = Proxy::start_with(
+        &upstreams("round_robin", &servers(&b), ""),
+        &storage("  request_log_file: requests.jsonl\n"),
+        &[("DATABASE_URL", &url)],
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(proxy.get("/").await.0, 200);
+    }
+    let t = Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert!(status.success());
+    let took = t.elapsed();
+    let lines = std::fs::read_to_string(proxy.dir.path().join("requests.jsonl"))
+        .expect("log")
+        .lines()
+        .count();
+    assert_eq!(lines, 20, "the file sink flushed although the database sink could not");
+    assert!(
+        proxy.log().contains("records not written before exit"),
+        "the unwritten records are reported:\n{}",
+        proxy.log()
+    );
+    // Both flushes ran at once, bounded by one timeout (5 s), not one after the other.
+    assert!(took < Duration::from_secs(9), "exit took {took:?}");
+}

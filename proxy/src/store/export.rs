@@ -45,7 +45,11 @@ pub async fn export_training(url: &str, since: Duration, out: &Path) -> Result<u
     pin_mut!(stream);
 
     let to_stdout = out == Path::new("-");
-    let tmp = out.with_extension("partial");
+    let tmp = {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".partial");
+        std::path::PathBuf::from(s)
+    };
     let io_err = |source| ExportError::Io {
         path: out.display().to_string(),
         source,
@@ -55,23 +59,30 @@ pub async fn export_training(url: &str, since: Duration, out: &Path) -> Result<u
     } else {
         Box::new(std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io_err)?))
     };
-    let mut line = Vec::with_capacity(512);
-    let mut n = 0u64;
-    while let Some(row) = stream.try_next().await? {
-        line.clear();
-        let cells = REQUEST_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, c)| cell_from_row(&row, i, c.kind))
-            .collect::<Result<Vec<_>, _>>()?;
-        write_json(&REQUEST_COLUMNS, &cells, &mut line);
-        w.write_all(&line).map_err(io_err)?;
-        n += 1;
+    let written = async {
+        let mut line = Vec::with_capacity(512);
+        let mut n = 0u64;
+        while let Some(row) = stream.try_next().await? {
+            line.clear();
+            let cells = REQUEST_COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| cell_from_row(&row, i, c.kind))
+                .collect::<Result<Vec<_>, _>>()?;
+            write_json(&REQUEST_COLUMNS, &cells, &mut line);
+            w.write_all(&line).map_err(io_err)?;
+            n += 1;
+        }
+        w.flush().map_err(io_err)?;
+        drop(w);
+        if !to_stdout {
+            std::fs::rename(&tmp, out).map_err(io_err)?;
+        }
+        Ok(n)
     }
-    w.flush().map_err(io_err)?;
-    drop(w);
-    if !to_stdout {
-        std::fs::rename(&tmp, out).map_err(io_err)?;
+    .await;
+    if written.is_err() && !to_stdout {
+        let _ = std::fs::remove_file(&tmp);
     }
-    Ok(n)
+    written
 }

@@ -86,8 +86,12 @@ impl Sink for JsonlSink {
         "jsonl"
     }
 
+    fn own_thread(&self) -> bool {
+        true
+    }
+
     async fn write(&mut self, batch: &[Arc<RequestRecord>]) -> Result<(), WriteError> {
-        // Buffered appends to a local file: short enough to do on the store's own runtime.
+        // Blocking file writes, on this sink's own thread.
         self.append(batch)
             .map_err(|e| WriteError::Retry(format!("{}: {e}", self.path.display())))
     }

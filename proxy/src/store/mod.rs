@@ -60,6 +60,7 @@ pub(crate) enum Msg {
 
 /// One sink's queue, as the request path sees it.
 struct Lane {
+    sink: &'static str,
     tx: mpsc::Sender<Msg>,
     dropped_full: IntCounter,
 }
@@ -89,20 +90,29 @@ impl Recorder {
         }
     }
 
-    /// Asks every sink to write what it holds; returns false when one did not finish
-    /// within `timeout` (for example, the database is down).
+    /// Asks every sink to write what it holds, all at once; returns false when one did not
+    /// finish within `timeout` (for example, the database is down). What a sink still has
+    /// queued then is counted as dropped (`reason="shutdown"`) and logged.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut all = true;
-        for lane in &self.lanes {
+        let flushes = self.lanes.iter().map(|lane| async move {
             let (done, wait) = oneshot::channel();
             let ok = tokio::time::timeout_at(deadline, async {
                 lane.tx.send(Msg::Flush(done)).await.is_ok() && wait.await.is_ok()
             })
-            .await;
-            all &= ok.unwrap_or(false);
-        }
-        all
+            .await
+            .unwrap_or(false);
+            if !ok {
+                let queued = lane.tx.max_capacity() - lane.tx.capacity();
+                metrics()
+                    .store_dropped
+                    .with_label_values(&[lane.sink, "requests", "shutdown"])
+                    .inc_by(queued as u64);
+                tracing::warn!(sink = lane.sink, queued, "store: records not written before exit");
+            }
+            ok
+        });
+        futures::future::join_all(flushes).await.into_iter().all(|ok| ok)
     }
 }
 
@@ -119,6 +129,11 @@ pub(crate) enum WriteError {
 pub(crate) trait Sink: Send {
     /// The `sink` label.
     fn name(&self) -> &'static str;
+    /// Runs on a thread of its own (its writes block: a stalled disk must not hold up the
+    /// other sinks).
+    fn own_thread(&self) -> bool {
+        false
+    }
     async fn write(&mut self, batch: &[Arc<RequestRecord>]) -> Result<(), WriteError>;
 }
 
@@ -263,6 +278,7 @@ pub fn build_with_url(
     let mut add = |sink: Box<dyn Sink>| {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         recorder.lanes.push(Lane {
+            sink: sink.name(),
             tx,
             dropped_full: metrics()
                 .store_dropped
@@ -328,7 +344,21 @@ impl BackgroundService for StoreService {
             tasks.push(tokio::spawn(snap.run(shared.clone())));
         }
         for (sink, rx) in parts.lanes {
-            tasks.push(tokio::spawn(drive(sink, rx, parts.opts)));
+            if sink.own_thread() {
+                let name = format!("store-{}", sink.name());
+                let opts = parts.opts;
+                let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt.block_on(drive(sink, rx, opts)),
+                        Err(e) => tracing::error!(error = %e, "store: no runtime for a sink; its records are lost"),
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "store: cannot start a sink thread; its records are lost");
+                }
+            } else {
+                tasks.push(tokio::spawn(drive(sink, rx, parts.opts)));
+            }
         }
         for t in tasks {
             let _ = t.await;

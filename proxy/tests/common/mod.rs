@@ -110,6 +110,9 @@ impl Proxy {
             .stdout(Stdio::null())
             .stderr(log);
         cmd.env_remove("NEURABALANCER_ADMIN_TOKEN");
+        // Recording only where a test asks for it (a DATABASE_URL set for the test run names
+        // the server the PostgreSQL tests create their databases on).
+        cmd.env_remove("DATABASE_URL");
         for (k, v) in env {
             cmd.env(k, v);
         }
