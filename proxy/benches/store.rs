@@ -28,7 +28,10 @@ use neurabalancer::features::Features;
 use neurabalancer::store::{self, RequestRecord};
 use pingora::services::background::BackgroundService;
 
-const REPS: usize = 3;
+/// Repetitions of every measurement (`--reps N`).
+fn reps() -> usize {
+    arg_value("--reps").and_then(|s| s.parse().ok()).unwrap_or(3)
+}
 
 fn arg_value(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -46,7 +49,7 @@ fn record(i: u64, backends: &[Arc<String>]) -> RequestRecord {
         pool: Some("api".into()),
         route: Some("/".into()),
         backend: Some(b.clone()),
-        backend_address: Some("127.0.0.1:8001".parse().expect("addr")),
+        backend_address: Some("127.0.0.1:8001".into()),
         method: "GET",
         status: 200,
         error: None,
@@ -105,7 +108,7 @@ async fn writer(pg: &PgCluster, out: &mut String) {
     .ok();
     for batch in [1_024usize, 4_096, 16_384] {
         let mut runs = Vec::new();
-        for _ in 0..REPS {
+        for _ in 0..reps() {
             let url = pg.create_database("writer").await;
             let c = store::pg_connect(&url).await.expect("connect");
             store::migrate::apply(&c).await.expect("migrate");
@@ -122,7 +125,7 @@ async fn writer(pg: &PgCluster, out: &mut String) {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut runs = Vec::new();
-    for i in 0..REPS {
+    for i in 0..reps() {
         let cfg = StorageConfig {
             request_log_file: Some(dir.path().join(format!("r{i}.jsonl"))),
             queue_capacity: N as usize,
@@ -229,9 +232,12 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
     }
     let secs = arg_value("--wrk-seconds").and_then(|s| s.parse().ok()).unwrap_or(10u64);
     let backend = spawn(BackendSpec::new("b1")).await.expect("backend");
-    let variants = [Rec::Off, Rec::Postgres, Rec::Jsonl];
+    let variants: Vec<Rec> = [Rec::Off, Rec::Postgres, Rec::Jsonl]
+        .into_iter()
+        .filter(|v| arg_value("--variants").is_none_or(|o| o.split(',').any(|x| x == v.name())))
+        .collect();
     let mut results: Vec<Vec<(f64, String, String)>> = vec![Vec::new(); variants.len()];
-    for rep in 0..REPS {
+    for rep in 0..reps() {
         for (vi, &v) in variants.iter().enumerate() {
             let (p, url) = proxy(v, pg, &backend).await;
             let target = p.url("/");
@@ -296,7 +302,7 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
         .expect("backend");
     let variants = [Rec::Off, Rec::Postgres, Rec::PostgresDown];
     let mut p99s: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); variants.len()];
-    for rep in 0..REPS {
+    for rep in 0..reps() {
         for (vi, &v) in variants.iter().enumerate() {
             let (p, _url) = proxy(v, pg, &backend).await;
             let spec = LoadSpec {

@@ -3,6 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// NeuraBalancer: a self-optimising HTTP load balancer.
 #[derive(Parser)]
 #[command(version, about)]

@@ -317,7 +317,7 @@ impl ProxyHttp for Proxy {
                 pool: ctx.pool.as_ref().map(|p| p.name.clone()),
                 route: rec.route,
                 backend: id,
-                backend_address: ctx.backend.as_ref().map(|b| b.addr),
+                backend_address: ctx.backend.as_ref().map(|b| b.addr_text.clone()),
                 method,
                 status,
                 error: e.map(|e| e.etype().as_str()),

@@ -9,8 +9,8 @@
 //! - The request path only builds a [`RequestRecord`] and offers it to each sink's queue
 //!   with `try_send`: it never waits. A full queue drops the record and counts it
 //!   (`neurabalancer_store_rows_dropped_total{reason="queue_full"}`).
-//! - Each sink's batcher writes a batch when it holds `batch_size` records or its oldest
-//!   record is `flush_interval_ms` old. A failed write is retried with backoff while the
+//! - Each sink's batcher writes when `batch_size` records are waiting, and at least every
+//!   `flush_interval_ms`. A failed write is retried with backoff while the
 //!   queue absorbs (then drops) new records; PostgreSQL connections are re-made by the pool,
 //!   so writing resumes by itself when the database is back. A batch the database rejects
 //!   (a constraint or type error) is dropped and counted, never retried forever.
@@ -32,7 +32,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 pub use pg::{connect as pg_connect, snapshot_rows};
@@ -63,6 +64,9 @@ struct Lane {
     sink: &'static str,
     tx: mpsc::Sender<Msg>,
     dropped_full: IntCounter,
+    /// Wakes the sink's batcher once a full batch is waiting.
+    wake: Arc<Notify>,
+    batch_size: usize,
 }
 
 /// The request path's handle: offers records to every configured sink without waiting.
@@ -86,6 +90,8 @@ impl Recorder {
         for lane in &self.lanes {
             if lane.tx.try_send(Msg::Row(rec.clone())).is_err() {
                 lane.dropped_full.inc();
+            } else if lane.tx.max_capacity() - lane.tx.capacity() >= lane.batch_size {
+                lane.wake.notify_one();
             }
         }
     }
@@ -98,7 +104,9 @@ impl Recorder {
         let flushes = self.lanes.iter().map(|lane| async move {
             let (done, wait) = oneshot::channel();
             let ok = tokio::time::timeout_at(deadline, async {
-                lane.tx.send(Msg::Flush(done)).await.is_ok() && wait.await.is_ok()
+                let sent = lane.tx.send(Msg::Flush(done)).await.is_ok();
+                lane.wake.notify_one();
+                sent && wait.await.is_ok()
             })
             .await
             .unwrap_or(false);
@@ -203,52 +211,47 @@ async fn write_batch(sink: &mut dyn Sink, batch: &mut Vec<Arc<RequestRecord>>) {
 }
 
 /// A sink's batcher: runs until every sender is gone.
-pub(crate) async fn drive(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Msg>, opts: BatchOpts) {
+///
+/// It does not wait on the queue itself: a receiver parked in `recv()` would be woken by
+/// every record, which costs the request path a cross-thread wake-up per request. It sleeps
+/// instead until `max_age` passes or a producer sees a full batch waiting (or a flush is
+/// asked for), then drains the queue in batches.
+pub(crate) async fn drive(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Msg>, opts: BatchOpts, wake: Arc<Notify>) {
     let mut batch: Vec<Arc<RequestRecord>> = Vec::with_capacity(opts.size);
-    let mut due: Option<Instant> = None;
     loop {
-        let msg = tokio::select! {
-            m = rx.recv() => m,
-            _ = sleep_until_opt(due) => {
-                write_batch(&mut *sink, &mut batch).await;
-                due = None;
-                continue;
-            }
-        };
-        match msg {
-            Some(Msg::Row(r)) => {
-                if batch.is_empty() {
-                    due = Some(Instant::now() + opts.max_age);
+        tokio::select! {
+            _ = tokio::time::sleep(opts.max_age) => {}
+            _ = wake.notified() => {}
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Row(r)) => {
+                    batch.push(r);
+                    if batch.len() >= opts.size {
+                        write_batch(&mut *sink, &mut batch).await;
+                    }
                 }
-                batch.push(r);
-                if batch.len() >= opts.size {
+                Ok(Msg::Flush(done)) => {
                     write_batch(&mut *sink, &mut batch).await;
-                    due = None;
+                    let _ = done.send(());
                 }
-            }
-            Some(Msg::Flush(done)) => {
-                write_batch(&mut *sink, &mut batch).await;
-                due = None;
-                let _ = done.send(());
-            }
-            None => {
-                write_batch(&mut *sink, &mut batch).await;
-                return;
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    write_batch(&mut *sink, &mut batch).await;
+                    return;
+                }
             }
         }
+        write_batch(&mut *sink, &mut batch).await;
     }
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
+/// A sink with its queue's receiving end and its wake-up.
+type LaneParts = (Box<dyn Sink>, mpsc::Receiver<Msg>, Arc<Notify>);
 
 /// What runs in the store's background service.
 struct Parts {
-    lanes: Vec<(Box<dyn Sink>, mpsc::Receiver<Msg>)>,
+    lanes: Vec<LaneParts>,
     snapshots: Option<pg::Snapshots>,
     opts: BatchOpts,
 }
@@ -277,14 +280,17 @@ pub fn build_with_url(
     };
     let mut add = |sink: Box<dyn Sink>| {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let wake = Arc::new(Notify::new());
         recorder.lanes.push(Lane {
             sink: sink.name(),
             tx,
+            wake: wake.clone(),
+            batch_size: cfg.batch_size,
             dropped_full: metrics()
                 .store_dropped
                 .with_label_values(&[sink.name(), "requests", "queue_full"]),
         });
-        parts.lanes.push((sink, rx));
+        parts.lanes.push((sink, rx, wake));
     };
     if let Some(url) = database_url {
         let db = pg::Db::new(&url).map_err(|e| match e {
@@ -343,13 +349,13 @@ impl BackgroundService for StoreService {
         if let (Some(snap), Some(shared)) = (parts.snapshots, self.shared.get()) {
             tasks.push(tokio::spawn(snap.run(shared.clone())));
         }
-        for (sink, rx) in parts.lanes {
+        for (sink, rx, wake) in parts.lanes {
             if sink.own_thread() {
                 let name = format!("store-{}", sink.name());
                 let opts = parts.opts;
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt.block_on(drive(sink, rx, opts)),
+                        Ok(rt) => rt.block_on(drive(sink, rx, opts, wake)),
                         Err(e) => tracing::error!(error = %e, "store: no runtime for a sink; its records are lost"),
                     }
                 });
@@ -357,7 +363,7 @@ impl BackgroundService for StoreService {
                     tracing::error!(error = %e, "store: cannot start a sink thread; its records are lost");
                 }
             } else {
-                tasks.push(tokio::spawn(drive(sink, rx, parts.opts)));
+                tasks.push(tokio::spawn(drive(sink, rx, parts.opts, wake)));
             }
         }
         for t in tasks {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use futures::{pin_mut, SinkExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use super::migrate;
@@ -138,37 +138,66 @@ fn classify(e: tokio_postgres::Error) -> WriteError {
     }
 }
 
+/// The header of PostgreSQL's binary `COPY` format: signature, flags, extension length.
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// Encoded rows are sent to the connection in chunks of about this size.
+const COPY_CHUNK: usize = 256 << 10;
+
 /// `COPY table (columns) FROM STDIN (FORMAT binary)` of `rows`; returns the rows written.
+///
+/// Encodes the rows itself into large chunks (tokio-postgres' `BinaryCopyInWriter` hands
+/// the connection a message every 4 KiB, a task wake-up each): the writer shares the
+/// machine with the proxy, so its CPU is the proxy's.
 pub(crate) async fn copy_in<'a, const N: usize>(
     client: &Client,
     table: &str,
     columns: &[Column; N],
     rows: impl Iterator<Item = [Cell<'a>; N]>,
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<u64, WriteError> {
     let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
     let sql = format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", names.join(", "));
-    let sink = client.copy_in(&sql).await?;
+    let sink = client.copy_in::<_, Bytes>(&sql).await.map_err(classify)?;
+    pin_mut!(sink);
     let types: Vec<Type> = columns.iter().map(|c| c.kind.sql_type()).collect();
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 8192);
+    buf.put_slice(COPY_SIGNATURE);
+    buf.put_i32(0);
+    buf.put_i32(0);
     for row in rows {
-        let refs: [&(dyn ToSql + Sync); N] = row.each_ref().map(|c| c as &(dyn ToSql + Sync));
-        writer.as_mut().write(&refs).await?;
+        buf.put_i16(N as i16);
+        for ((cell, ty), col) in row.iter().zip(&types).zip(columns) {
+            let at = buf.len();
+            buf.put_i32(0);
+            let encoded = cell
+                .to_sql_checked(ty, &mut buf)
+                .map_err(|e| WriteError::Reject(format!("{table}.{}: {e}", col.name)))?;
+            if let IsNull::No = encoded {
+                let len = i32::try_from(buf.len() - at - 4)
+                    .map_err(|_| WriteError::Reject(format!("{table}.{}: value too large", col.name)))?;
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            } else {
+                buf[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes());
+            }
+        }
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await.map_err(classify)?;
+        }
     }
-    writer.finish().await
+    buf.put_i16(-1);
+    sink.send(buf.split().freeze()).await.map_err(classify)?;
+    sink.as_mut().finish().await.map_err(classify)
 }
 
 /// Runs `f` on a pooled connection with [`WRITE_TIMEOUT`]; a connection that failed or
 /// timed out is discarded so the next attempt connects afresh.
 async fn with_client<T, F>(db: &Db, f: F) -> Result<T, WriteError>
 where
-    F: AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    F: AsyncFnOnce(&Client) -> Result<T, WriteError>,
 {
     let client = db.client().await?;
     match tokio::time::timeout(WRITE_TIMEOUT, f(&client)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            let err = classify(e);
+        Ok(Err(err)) => {
             if matches!(err, WriteError::Retry(_)) {
                 let _ = Object::take(client);
             }
@@ -259,7 +288,9 @@ impl Snapshots {
         let addrs: Vec<String> = rows.iter().map(|r| r.address.to_string()).collect();
         let weights: Vec<i32> = rows.iter().map(|r| r.features.weight as i32).collect();
         with_client(&self.db, async |c: &Client| {
-            c.execute(UPSERT_SERVERS, &[&pools, &ids, &addrs, &weights]).await?;
+            c.execute(UPSERT_SERVERS, &[&pools, &ids, &addrs, &weights])
+                .await
+                .map_err(classify)?;
             copy_in(
                 c,
                 "backend_snapshots",

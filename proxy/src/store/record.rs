@@ -86,16 +86,10 @@ impl ToSql for Cell<'_> {
     }
 
     fn accepts(ty: &Type) -> bool {
-        [
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::INT2,
-            Type::INT4,
-            Type::INT8,
-            Type::FLOAT4,
-            Type::BOOL,
-        ]
-        .contains(ty)
+        matches!(
+            *ty,
+            Type::TIMESTAMPTZ | Type::TEXT | Type::INT2 | Type::INT4 | Type::INT8 | Type::FLOAT4 | Type::BOOL
+        )
     }
 
     to_sql_checked!();
@@ -144,9 +138,9 @@ pub fn write_json(columns: &[Column], cells: &[Cell<'_>], out: &mut Vec<u8>) {
         json_str(c.name, out);
         out.push(b':');
         match v {
+            // RFC 3339 needs no escaping.
             Cell::Time(us) => {
-                let t = humantime::format_rfc3339_micros(unix_us_to_time(*us));
-                json_str(&t.to_string(), out);
+                let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(unix_us_to_time(*us)));
             }
             Cell::Text(Some(s)) => json_str(s, out),
             Cell::Int(Some(n)) => {
@@ -206,7 +200,7 @@ pub struct RequestRecord {
     pub pool: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub backend: Option<Arc<String>>,
-    pub backend_address: Option<SocketAddr>,
+    pub backend_address: Option<Arc<str>>,
     pub method: &'static str,
     /// 0 when no response was sent.
     pub status: u16,
@@ -233,7 +227,7 @@ impl RequestRecord {
             text(self.pool.as_deref()),
             text(self.route.as_deref()),
             text(self.backend.as_deref().map(|s| s.as_str())),
-            Cell::Text(self.backend_address.map(|a| Cow::Owned(a.to_string()))),
+            text(self.backend_address.as_deref()),
             text(Some(self.method)),
             Cell::Int(Some(i64::from(self.status))),
             text(self.error),
@@ -320,7 +314,7 @@ mod tests {
             pool: Some("api".into()),
             route: Some("/".into()),
             backend: Some(Arc::new("b1".into())),
-            backend_address: Some("127.0.0.1:9".parse().expect("addr")),
+            backend_address: Some("127.0.0.1:9".into()),
             method: "GET",
             status: 200,
             error: None,

@@ -54,6 +54,8 @@ pub enum Failure {
 pub struct BackendStats {
     pub pool: Arc<str>,
     pub addr: SocketAddr,
+    /// `addr` as text, rendered once (request records carry it).
+    pub addr_text: Arc<str>,
     id: ArcSwap<String>,
     weight: AtomicU32,
     pub load: Arc<Load>,
@@ -106,6 +108,7 @@ impl BackendStats {
         Arc::new(BackendStats {
             pool,
             addr,
+            addr_text: addr.to_string().into(),
             id: ArcSwap::from_pointee(id.to_string()),
             weight: AtomicU32::new(weight),
             load: Load::new(),
