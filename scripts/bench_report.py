@@ -109,6 +109,23 @@ def main():
         "10–15 % between seeds).",
         "",
     ]
+    store = os.path.join(BENCH, "store.md")
+    if os.path.exists(store):
+        lines += [
+            "## Request recording",
+            "",
+            "What recording costs, from `./scripts/bench_store.sh` (`cargo bench -p neurabalancer",
+            "--bench store`, which writes `docs/bench/store.md`). PostgreSQL is a throwaway cluster on",
+            "the same two cores, on disk with PostgreSQL's default durability settings; the proxy",
+            "writes with asynchronous commit. Throughput: `wrk -t1 -c32` against one proxy worker",
+            "thread in front of a zero-delay backend, variants interleaved within each repetition,",
+            "median of the repetitions. Latency: open-loop Poisson arrivals (`nb-bench`'s generator)",
+            "through the proxy to a 5 ms backend; \"postgres, stopped\" records to a database that is",
+            "down for the whole run, so its queue fills and records are dropped and counted.",
+            "",
+        ]
+        with open(store) as f:
+            lines += [f.read().rstrip(), ""]
     with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
         f.write("\n".join(lines))
 

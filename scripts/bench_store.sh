@@ -2,8 +2,9 @@
 # Reproduces the request-recording figures in docs/benchmarks.md: the writer's rows/s into an
 # on-disk PostgreSQL (default durability), proxy throughput under wrk with recording off / to
 # PostgreSQL / to JSONL, and p99 at a fixed rate with the database up and stopped. About
-# 6 minutes on 2 cores; run it on an otherwise idle machine. Prints markdown tables (also in
-# target/bench-store.md). Extra arguments go to the bench, e.g. --only writer,throughput.
+# 12 minutes on 2 cores; run it on an otherwise idle machine. Prints markdown tables; a full
+# run writes them to docs/bench/store.md and refreshes docs/benchmarks.md. Extra arguments go
+# to the bench, e.g. --only writer,throughput --reps 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -13,4 +14,5 @@ if ! command -v wrk >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
-cargo bench -p neurabalancer --bench store -- "$@"
+cargo bench -p neurabalancer --bench store -- --reps 5 "$@"
+python3 scripts/bench_report.py

@@ -1,16 +1,18 @@
 //! What request recording costs, measured on this machine:
 //!
-//! 1. **Writer throughput**: records per second the PostgreSQL writer (binary `COPY`, per
-//!    batch size) and the JSONL sink sustain, from a full queue to the last row written.
-//! 2. **Proxy throughput** under `wrk -t1 -c32` (one proxy worker thread, a zero-delay
-//!    backend): recording off, to PostgreSQL, to JSONL; repetitions interleaved.
-//! 3. **Latency at a fixed rate** (open-loop Poisson arrivals, 5 ms backend): recording
+//! 1. **Proxy throughput** under `wrk -t1 -c32` (one proxy worker thread, a zero-delay
+//!    backend): recording off, to PostgreSQL, to JSONL; repetitions interleaved, their
+//!    order rotated.
+//! 2. **Latency at a fixed rate** (open-loop Poisson arrivals, 5 ms backend): recording
 //!    off, to PostgreSQL, and to a PostgreSQL that is stopped during the whole run.
+//! 3. **Writer throughput**: records per second the PostgreSQL writer (binary `COPY`, per
+//!    batch size) and the JSONL sink sustain, from a full queue to the last row written.
 //!
 //! Run with `cargo bench -p neurabalancer --bench store` (or `scripts/bench_store.sh`,
 //! which installs `wrk` first) on an otherwise idle machine. PostgreSQL is a throwaway
-//! cluster on disk with PostgreSQL's default durability settings (or `DATABASE_URL`). Prints markdown tables and writes them
-//! to `target/bench-store.md`.
+//! cluster on disk with PostgreSQL's default durability settings (or `DATABASE_URL`).
+//! Prints markdown tables; a full run (no `--only`) also writes them to
+//! `docs/bench/store.md`, which `scripts/bench_report.py` puts into `docs/benchmarks.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -172,7 +174,12 @@ impl Rec {
 }
 
 /// A proxy in front of `backend` with recording as `rec`; the database URL when it has one.
-async fn proxy(rec: Rec, pg: &PgCluster, backend: &backend_sim::BackendHandle) -> (Proxy, Option<String>) {
+async fn proxy(
+    rec: Rec,
+    pg: &PgCluster,
+    backend: &backend_sim::BackendHandle,
+    storage: &str,
+) -> (Proxy, Option<String>) {
     let up = upstreams(
         "round_robin",
         &[Server {
@@ -187,14 +194,15 @@ async fn proxy(rec: Rec, pg: &PgCluster, backend: &backend_sim::BackendHandle) -
         _ => None,
     };
     let main = match rec {
-        Rec::Jsonl => "storage: { request_log_file: requests.jsonl }\n",
-        _ => "",
+        Rec::Jsonl => format!("storage: {{ request_log_file: requests.jsonl{storage} }}\n"),
+        Rec::Postgres | Rec::PostgresDown => format!("storage: {{ snapshot_interval_ms: 1000{storage} }}\n"),
+        Rec::Off => String::new(),
     };
     let env: Vec<(&str, &str)> = url.iter().map(|u| ("DATABASE_URL", u.as_str())).collect();
     if rec == Rec::PostgresDown {
         pg.stop();
     }
-    let p = Proxy::start_with(&up, main, &env).await;
+    let p = Proxy::start_with(&up, &main, &env).await;
     p.wait_ready().await;
     (p, url)
 }
@@ -238,8 +246,11 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
         .collect();
     let mut results: Vec<Vec<(f64, String, String)>> = vec![Vec::new(); variants.len()];
     for rep in 0..reps() {
-        for (vi, &v) in variants.iter().enumerate() {
-            let (p, url) = proxy(v, pg, &backend).await;
+        // Rotated each repetition (A B C, B C A, ...), so no variant always runs first.
+        for k in 0..variants.len() {
+            let vi = (k + rep) % variants.len();
+            let v = variants[vi];
+            let (p, url) = proxy(v, pg, &backend, "").await;
             let target = p.url("/");
             let (rps, p99) = tokio::task::spawn_blocking(move || {
                 wrk(&target, 2); // warm-up
@@ -266,7 +277,10 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
     }
     writeln!(
         out,
-        "### Proxy throughput, `wrk -t1 -c32 -d{secs}s`, one proxy worker thread\n\n| recording | req/s (each run) | median | vs off | p99 (each run) | records |\n|---|---|---|---|---|---|"
+        "### Proxy throughput, `wrk -t1 -c32 -d{secs}s`, one proxy worker thread\n\n\
+         \"vs off\": the median over repetitions of req/s against the `off` run of the same repetition \
+         (the ratio of the medians in brackets).\n\n\
+         | recording | req/s (each run) | median | vs off | p99 (each run) | records |\n|---|---|---|---|---|---|"
     )
     .ok();
     let median = |v: &Vec<(f64, String, String)>| {
@@ -280,12 +294,15 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
         let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
         let p99s: Vec<&str> = r.iter().map(|x| x.1.as_str()).collect();
         let notes: Vec<&str> = r.iter().map(|x| x.2.as_str()).filter(|s| !s.is_empty()).collect();
+        let mut paired: Vec<f64> = r.iter().zip(&results[0]).map(|(x, o)| x.0 / o.0).collect();
+        paired.sort_by(f64::total_cmp);
         writeln!(
             out,
-            "| {} | {} | **{:.0}** | {:.3}× | {} | {} |",
+            "| {} | {} | **{:.0}** | **{:.3}×** ({:.3}×) | {} | {} |",
             v.name(),
             each.join(" / "),
             median(r),
+            paired[paired.len() / 2],
             median(r) / base,
             p99s.join(" / "),
             notes.join("; ")
@@ -302,9 +319,13 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
         .expect("backend");
     let variants = [Rec::Off, Rec::Postgres, Rec::PostgresDown];
     let mut p99s: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); variants.len()];
+    let mut dropped_down = Vec::new();
     for rep in 0..reps() {
-        for (vi, &v) in variants.iter().enumerate() {
-            let (p, _url) = proxy(v, pg, &backend).await;
+        for k in 0..variants.len() {
+            let vi = (k + rep) % variants.len();
+            let v = variants[vi];
+            // A queue smaller than a run's records, so the stopped database makes it overflow.
+            let (p, _url) = proxy(v, pg, &backend, ", queue_capacity: 8192").await;
             let spec = LoadSpec {
                 url: p.url("/").parse().expect("uri"),
                 rate,
@@ -319,7 +340,8 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
             if v == Rec::PostgresDown {
                 let m = p.metrics().await;
                 let dropped = metric(&m, "neurabalancer_store_rows_dropped_total", "queue_full");
-                println!("  (database down: {dropped:.0} records dropped so far, queue 65,536)");
+                println!("  (database down: {dropped:.0} records dropped, queue 8,192)");
+                dropped_down.push(format!("{dropped:.0}"));
                 pg.restart();
             }
             let l = r.latency_ms;
@@ -335,7 +357,11 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
     }
     writeln!(
         out,
-        "### Latency at {rate:.0} req/s (open loop, 5 ms backend, 10 s after 2 s warm-up)\n\n| recording | p50 ms (each run) | p99 ms (each run) | median p99 | vs off | errors |\n|---|---|---|---|---|---|"
+        "### Latency at {rate:.0} req/s (open loop, 5 ms backend, 10 s after 2 s warm-up)\n\n\
+         `storage.queue_capacity: 8192`, so with the database stopped the queue overflows: records dropped \
+         (and counted) in those runs: {}.\n\n\
+         | recording | p50 ms (each run) | p99 ms (each run) | median p99 | vs off | errors |\n|---|---|---|---|---|---|",
+        dropped_down.join(" / ")
     )
     .ok();
     let med = |v: &Vec<(f64, f64, f64)>| {
@@ -386,9 +412,6 @@ fn main() {
         )
         .ok();
         let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
-        if want("writer") {
-            writer(&pg, &mut out).await;
-        }
         if want("throughput") {
             throughput(&pg, &mut out).await;
         }
@@ -403,8 +426,17 @@ fn main() {
                 .ok();
             }
         }
+        // The writer runs last: the millions of rows it writes leave PostgreSQL checkpointing
+        // and vacuuming for a while, which would disturb the proxy measurements.
+        if want("writer") {
+            writer(&pg, &mut out).await;
+        }
         println!("\n{out}");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-store.md");
-        let _ = std::fs::write(&path, &out);
+        if only.is_none() {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/store.md");
+            if let Err(e) = std::fs::write(&path, &out) {
+                eprintln!("{}: {e}", path.display());
+            }
+        }
     });
 }

@@ -111,7 +111,7 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Records per write (one `COPY` for PostgreSQL).
     pub batch_size: usize,
-    /// A partial batch is written after this long.
+    /// Queued records are written at least this often (and as soon as a full batch waits).
     pub flush_interval_ms: u64,
     /// Backend snapshots into `backend_snapshots` (PostgreSQL only); 0: off.
     pub snapshot_interval_ms: u64,
