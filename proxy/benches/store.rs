@@ -173,12 +173,14 @@ impl Rec {
     }
 }
 
-/// A proxy in front of `backend` with recording as `rec`; the database URL when it has one.
+/// A proxy in front of `backend` with recording as `rec`; the database URL when it has one
+/// (`db`, or a new empty database).
 async fn proxy(
     rec: Rec,
     pg: &PgCluster,
     backend: &backend_sim::BackendHandle,
     storage: &str,
+    db: Option<&str>,
 ) -> (Proxy, Option<String>) {
     let up = upstreams(
         "round_robin",
@@ -190,8 +192,12 @@ async fn proxy(
         "",
     );
     let url = match rec {
-        Rec::Postgres | Rec::PostgresDown => Some(pg.create_database("proxy").await),
-        _ => None,
+        Rec::Postgres => Some(match db {
+            Some(url) => url.to_string(),
+            None => pg.create_database("proxy").await,
+        }),
+        Rec::PostgresDown => Some(pg.create_database("proxy").await),
+        Rec::Off | Rec::Jsonl => None,
     };
     let main = match rec {
         Rec::Jsonl => format!("storage: {{ request_log_file: requests.jsonl{storage} }}\n"),
@@ -240,6 +246,24 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
     }
     let secs = arg_value("--wrk-seconds").and_then(|s| s.parse().ok()).unwrap_or(10u64);
     let backend = spawn(BackendSpec::new("b1")).await.expect("backend");
+    // The recording database of a running proxy has history: start from a million rows, so
+    // the runs see steady-state autovacuum and ANALYZE, not the burst of them an empty table
+    // gets while it grows (ANALYZE at every 10 % of growth).
+    let history = pg.create_database("history").await;
+    {
+        let c = store::pg_connect(&history).await.expect("connect");
+        store::migrate::apply(&c).await.expect("migrate");
+        let cfg = StorageConfig {
+            queue_capacity: 250_000,
+            snapshot_interval_ms: 0,
+            ..StorageConfig::default()
+        };
+        for _ in 0..4 {
+            time_sink(&cfg, Some(history.clone()), 250_000).await;
+        }
+        c.batch_execute("VACUUM ANALYZE requests").await.expect("vacuum");
+        c.batch_execute("CHECKPOINT").await.expect("checkpoint");
+    }
     let variants: Vec<Rec> = [Rec::Off, Rec::Postgres, Rec::Jsonl]
         .into_iter()
         .filter(|v| arg_value("--variants").is_none_or(|o| o.split(',').any(|x| x == v.name())))
@@ -250,7 +274,7 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
         for k in 0..variants.len() {
             let vi = (k + rep) % variants.len();
             let v = variants[vi];
-            let (p, url) = proxy(v, pg, &backend, "").await;
+            let (p, url) = proxy(v, pg, &backend, "", Some(&history)).await;
             let target = p.url("/");
             let (rps, p99) = tokio::task::spawn_blocking(move || {
                 wrk(&target, 2); // warm-up
@@ -325,7 +349,7 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
             let vi = (k + rep) % variants.len();
             let v = variants[vi];
             // A queue smaller than a run's records, so the stopped database makes it overflow.
-            let (p, _url) = proxy(v, pg, &backend, ", queue_capacity: 8192").await;
+            let (p, _url) = proxy(v, pg, &backend, ", queue_capacity: 8192", None).await;
             let spec = LoadSpec {
                 url: p.url("/").parse().expect("uri"),
                 rate,
