@@ -358,6 +358,18 @@ async fn two_proxies_starting_together_share_one_schema() {
     }
 }
 
+/// A cluster the test may stop, with a fresh database on it; `None` (the test is skipped)
+/// when `DATABASE_URL` names a server that is not ours to stop.
+async fn restartable_database(hint: &str) -> Option<(PgCluster, String)> {
+    let pg = PgCluster::start().await;
+    if !pg.can_restart() {
+        eprintln!("skipped: DATABASE_URL names a server this test cannot stop");
+        return None;
+    }
+    let url = pg.create_database(hint).await;
+    Some((pg, url))
+}
+
 /// Runs GET load until `stop`; returns (ok, failed) counts.
 fn steady_load(url: String, clients: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, usize)> {
     let h = load(url, clients, stop);
@@ -371,12 +383,9 @@ fn steady_load(url: String, clients: usize, stop: Arc<AtomicBool>) -> tokio::tas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_drops_counted_records_and_writing_resumes() {
     let _serial = SERIAL.lock().await;
-    let pg = PgCluster::start().await;
-    if !pg.can_restart() {
-        eprintln!("skipped: DATABASE_URL names a server this test cannot stop");
+    let Some((pg, url)) = restartable_database("outage").await else {
         return;
-    }
-    let url = pg.create_database("outage").await;
+    };
     let b = backends(2, Duration::from_millis(1)).await;
     let proxy = Proxy::start_with(
         &upstreams("p2c_ewma", &servers(&b), ""),
@@ -428,12 +437,9 @@ async fn database_outage_drops_counted_records_and_writing_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_down_at_start_delays_recording_not_the_proxy() {
     let _serial = SERIAL.lock().await;
-    let pg = PgCluster::start().await;
-    if !pg.can_restart() {
-        eprintln!("skipped: DATABASE_URL names a server this test cannot stop");
+    let Some((pg, url)) = restartable_database("late").await else {
         return;
-    }
-    let url = pg.create_database("late").await;
+    };
     pg.stop();
     let b = backends(1, Duration::ZERO).await;
     let proxy = Proxy::start_with(
@@ -659,12 +665,9 @@ async fn a_batch_the_database_refuses_is_dropped_and_counted_and_writing_goes_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_exit_with_the_database_down_still_flushes_the_request_log() {
     let _serial = SERIAL.lock().await;
-    let pg = PgCluster::start().await;
-    if !pg.can_restart() {
-        eprintln!("skipped: DATABASE_URL names a server this test cannot stop");
+    let Some((pg, url)) = restartable_database("exit").await else {
         return;
-    }
-    let url = pg.create_database("exit").await;
+    };
     pg.stop();
     let b = backends(1, Duration::ZERO).await;
     let mut proxy = Proxy::start_with(
