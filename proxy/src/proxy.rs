@@ -36,11 +36,17 @@ use crate::upstream::{BackendStats, Failure, Pool};
 
 pub struct Proxy {
     shared: Arc<Shared>,
+    /// `server.forward_load_reports`: a main-file key, so fixed until restart.
+    forward_load_reports: bool,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Proxy { shared }
+        let forward_load_reports = shared.config.load().loaded.main.server.forward_load_reports;
+        Proxy {
+            shared,
+            forward_load_reports,
+        }
     }
 }
 
@@ -247,7 +253,7 @@ impl ProxyHttp for Proxy {
                 backend.record_report(&report);
             }
         }
-        if !self.shared.config.load().loaded.main.server.forward_load_reports {
+        if !self.forward_load_reports {
             resp.remove_header(orca::HEADER);
         }
         headers::strip_response_hop_by_hop(resp);

@@ -358,6 +358,11 @@ async fn two_proxies_starting_together_share_one_schema() {
     }
 }
 
+/// A proxy with one pool (`strategy` over `b`) that records to `url`, `main` added to its main file.
+async fn recording_proxy(strategy: &str, b: &[BackendHandle], main: &str, url: &str) -> Proxy {
+    Proxy::start_with(&upstreams(strategy, &servers(b), ""), main, &[("DATABASE_URL", url)]).await
+}
+
 /// A cluster the test may stop, with a fresh database on it; `None` (the test is skipped)
 /// when `DATABASE_URL` names a server that is not ours to stop.
 async fn restartable_database(hint: &str) -> Option<(PgCluster, String)> {
@@ -387,10 +392,11 @@ async fn database_outage_drops_counted_records_and_writing_resumes() {
         return;
     };
     let b = backends(2, Duration::from_millis(1)).await;
-    let proxy = Proxy::start_with(
-        &upstreams("p2c_ewma", &servers(&b), ""),
+    let proxy = recording_proxy(
+        "p2c_ewma",
+        &b,
         &storage("  queue_capacity: 2000\n  batch_size: 500\n"),
-        &[("DATABASE_URL", &url)],
+        &url,
     )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -442,12 +448,7 @@ async fn a_database_down_at_start_delays_recording_not_the_proxy() {
     };
     pg.stop();
     let b = backends(1, Duration::ZERO).await;
-    let proxy = Proxy::start_with(
-        &upstreams("round_robin", &servers(&b), ""),
-        &storage(""),
-        &[("DATABASE_URL", &url)],
-    )
-    .await;
+    let proxy = recording_proxy("round_robin", &b, &storage(""), &url).await;
     for _ in 0..20 {
         assert_eq!(proxy.get("/").await.0, 200);
     }
@@ -475,10 +476,11 @@ async fn the_request_log_and_the_export_have_identical_columns_and_values() {
     .await
     .expect("backend")];
     let log_file = "requests.jsonl";
-    let mut proxy = Proxy::start_with(
-        &upstreams("least_connections", &servers(&b), ""),
+    let mut proxy = recording_proxy(
+        "least_connections",
+        &b,
         &storage(&format!("  request_log_file: {log_file}\n")),
-        &[("DATABASE_URL", &url)],
+        &url,
     )
     .await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -612,12 +614,7 @@ async fn a_batch_the_database_refuses_is_dropped_and_counted_and_writing_goes_on
     let pg = PgCluster::start().await;
     let url = pg.create_database("reject").await;
     let b = backends(1, Duration::ZERO).await;
-    let proxy = Proxy::start_with(
-        &upstreams("round_robin", &servers(&b), ""),
-        &storage(""),
-        &[("DATABASE_URL", &url)],
-    )
-    .await;
+    let proxy = recording_proxy("round_robin", &b, &storage(""), &url).await;
     let written = || async {
         metric(
             &proxy.metrics().await,
@@ -670,10 +667,11 @@ async fn a_graceful_exit_with_the_database_down_still_flushes_the_request_log() 
     };
     pg.stop();
     let b = backends(1, Duration::ZERO).await;
-    let mut proxy = Proxy::start_with(
-        &upstreams("round_robin", &servers(&b), ""),
+    let mut proxy = recording_proxy(
+        "round_robin",
+        &b,
         &storage("  request_log_file: requests.jsonl\n"),
-        &[("DATABASE_URL", &url)],
+        &url,
     )
     .await;
     for _ in 0..20 {
