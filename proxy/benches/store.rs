@@ -1,8 +1,14 @@
 //! What request recording costs, measured on this machine:
 //!
 //! 1. **Proxy throughput** under `wrk -t1 -c32` (one proxy worker thread, a zero-delay
-//!    backend): recording off, to PostgreSQL, to JSONL; repetitions interleaved, their
-//!    order rotated.
+//!    backend), recording off, to PostgreSQL and to JSONL, measured two ways:
+//!    - *side by side*: the three proxies on CPU 0, each in its own session so the scheduler
+//!      gives each process an equal share, loaded at the same time by a wrk each; wrk, the
+//!      backend and PostgreSQL on the other CPU(s). The ratio of req/s is what recording
+//!      costs the proxy per request, and drifts of the host fall on all proxies at once.
+//!    - *one at a time*: everything sharing all CPUs, wrk taking turns (off, A, off, B, ...),
+//!      each recording slice compared with the `off` slices around it. This one includes
+//!      PostgreSQL's own ingest competing with the proxy for the same two cores.
 //! 2. **Latency at a fixed rate** (open-loop Poisson arrivals, 5 ms backend): recording
 //!    off, to PostgreSQL, and to a PostgreSQL that is stopped during the whole run.
 //! 3. **Writer throughput**: records per second the PostgreSQL writer (binary `COPY`, per
@@ -173,13 +179,15 @@ impl Rec {
     }
 }
 
-/// A proxy in front of `backend` with recording as `rec`; the database URL when it has one
-/// (`db`, or a new empty database).
+/// A proxy in front of `backend` with recording as `rec` (`storage`: more storage keys), run
+/// under `wrapper` (see [`Proxy::start_under`]); the database URL when it has one (`db`, or a
+/// new empty database).
 async fn proxy(
     rec: Rec,
     pg: &PgCluster,
     backend: &backend_sim::BackendHandle,
     storage: &str,
+    wrapper: &[&str],
     db: Option<&str>,
 ) -> (Proxy, Option<String>) {
     let up = upstreams(
@@ -208,7 +216,7 @@ async fn proxy(
     if rec == Rec::PostgresDown {
         pg.stop();
     }
-    let p = Proxy::start_with(&up, &main, &env).await;
+    let p = Proxy::start_under(wrapper, &up, &main, &env).await;
     p.wait_ready().await;
     (p, url)
 }
@@ -244,7 +252,8 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
         writeln!(out, "### Proxy throughput\n\nskipped: `wrk` is not installed\n").ok();
         return;
     }
-    let secs = arg_value("--wrk-seconds").and_then(|s| s.parse().ok()).unwrap_or(10u64);
+    let secs = arg_value("--wrk-seconds").and_then(|s| s.parse().ok()).unwrap_or(3u64);
+    let slices = arg_value("--slices").and_then(|s| s.parse().ok()).unwrap_or(10usize);
     let backend = spawn(BackendSpec::new("b1")).await.expect("backend");
     // The recording database of a running proxy has history: start from a million rows, so
     // the runs see steady-state autovacuum and ANALYZE, not the burst of them an empty table
@@ -264,72 +273,210 @@ async fn throughput(pg: &PgCluster, out: &mut String) {
         c.batch_execute("VACUUM ANALYZE requests").await.expect("vacuum");
         c.batch_execute("CHECKPOINT").await.expect("checkpoint");
     }
+    // `off` always: it is what the others are compared with.
     let variants: Vec<Rec> = [Rec::Off, Rec::Postgres, Rec::Jsonl]
         .into_iter()
-        .filter(|v| arg_value("--variants").is_none_or(|o| o.split(',').any(|x| x == v.name())))
+        .filter(|v| *v == Rec::Off || arg_value("--variants").is_none_or(|o| o.split(',').any(|x| x == v.name())))
         .collect();
-    let mut results: Vec<Vec<(f64, String, String)>> = vec![Vec::new(); variants.len()];
-    for rep in 0..reps() {
-        // Rotated each repetition (A B C, B C A, ...), so no variant always runs first.
-        for k in 0..variants.len() {
-            let vi = (k + rep) % variants.len();
-            let v = variants[vi];
-            let (p, url) = proxy(v, pg, &backend, "", Some(&history)).await;
+    for side_by_side in [true, false] {
+        if side_by_side && cpus() < 2 {
+            writeln!(out, "### Proxy throughput side by side\n\nskipped: needs two CPUs\n").ok();
+            continue;
+        }
+        let all = format!("0-{}", cpus() - 1);
+        // Side by side: every variant's proxy on CPU 0, each in a session of its own (so the
+        // scheduler shares the CPU equally between the processes, a recording proxy's writer
+        // thread included), all loaded at once by a wrk each. This process (the backend, the
+        // wrk clients) and PostgreSQL keep to the other CPUs, as a database on its own host
+        // would. A proxy's share of req/s then shows what recording costs it per request,
+        // and the machine's drifts (other tenants, CPU steal) fall on all of them at once.
+        let others = format!("1-{}", cpus() - 1);
+        let wrapper: &[&str] = if side_by_side {
+            set_tree_cpus(std::process::id(), &others);
+            pg.postmaster_pid().inspect(|&pid| set_tree_cpus(pid, &others));
+            &["setsid", "taskset", "-c", "0"]
+        } else {
+            &[]
+        };
+        let rows_before = count(&history).await;
+        let mut proxies = Vec::new();
+        for &v in &variants {
+            let (p, url) = proxy(v, pg, &backend, "", wrapper, Some(&history)).await;
             let target = p.url("/");
-            let (rps, p99) = tokio::task::spawn_blocking(move || {
-                wrk(&target, 2); // warm-up
-                wrk(&target, secs)
-            })
-            .await
-            .expect("wrk");
-            // Let the writer finish, then see what it did.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::task::spawn_blocking(move || wrk(&target, 2))
+                .await
+                .expect("warm-up");
+            proxies.push((p, url));
+        }
+        // Per variant: each slice's (req/s, p99) and its ratio to `off`.
+        let mut runs: Vec<Vec<(f64, String)>> = vec![Vec::new(); variants.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        if side_by_side {
+            for slice in 0..slices {
+                let clients: Vec<_> = proxies
+                    .iter()
+                    .map(|(p, _)| {
+                        let target = p.url("/");
+                        tokio::task::spawn_blocking(move || wrk(&target, secs))
+                    })
+                    .collect();
+                let mut got = Vec::new();
+                for c in clients {
+                    got.push(c.await.expect("wrk"));
+                }
+                for (vi, r) in got.iter().enumerate() {
+                    println!("side by side {slice}: {} {:.0} req/s", variants[vi].name(), r.0);
+                    ratios[vi].push(r.0 / got[0].0);
+                }
+                for (vi, r) in got.into_iter().enumerate() {
+                    runs[vi].push(r);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        } else {
+            // One proxy at a time, sharing all CPUs with everything else: off, A, off, B,
+            // off, B, off, A, off... Every recording slice lies between two `off` slices and
+            // is compared with their mean.
+            let mut order = Vec::new();
+            for round in 0..slices {
+                for k in 1..variants.len() {
+                    order.push(0);
+                    order.push(1 + (k - 1 + round) % (variants.len() - 1));
+                }
+            }
+            order.push(0);
+            let mut seq: Vec<(usize, f64)> = Vec::new();
+            for vi in order {
+                let target = proxies[vi].0.url("/");
+                let (rps, p99) = tokio::task::spawn_blocking(move || wrk(&target, secs))
+                    .await
+                    .expect("wrk");
+                println!("alternating: {} {rps:.0} req/s, p99 {p99}", variants[vi].name());
+                runs[vi].push((rps, p99));
+                seq.push((vi, rps));
+                // Let the writer catch up before the next slice.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            for i in 1..seq.len() - 1 {
+                if seq[i].0 != 0 {
+                    ratios[seq[i].0].push(seq[i].1 / ((seq[i - 1].1 + seq[i + 1].1) / 2.0));
+                }
+            }
+            ratios[0] = vec![1.0];
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut notes = Vec::new();
+        for (v, (p, url)) in variants.iter().zip(&proxies) {
             let m = p.metrics().await;
             let written = metric(&m, "neurabalancer_store_rows_written_total", "table=\"requests\"");
             let dropped = metric(&m, "neurabalancer_store_rows_dropped_total", "");
-            let note = match (v, url) {
+            notes.push(match (v, url) {
                 (Rec::Off, _) => String::new(),
-                (_, Some(url)) => format!(
-                    "{written:.0} written ({} rows), {dropped:.0} dropped",
-                    count(&url).await
+                (_, Some(_)) => format!(
+                    "{written:.0} written, {} rows added to `requests`, {dropped:.0} dropped",
+                    count(&history).await - rows_before
                 ),
                 (_, None) => format!("{written:.0} written, {dropped:.0} dropped"),
-            };
-            println!("rep {rep} {}: {rps:.0} req/s, p99 {p99}; {note}", v.name());
-            results[vi].push((rps, p99, note));
+            });
+        }
+        drop(proxies);
+        if side_by_side {
+            set_tree_cpus(std::process::id(), &all);
+            pg.postmaster_pid().inspect(|&pid| set_tree_cpus(pid, &all));
+        }
+        let heading = if side_by_side {
+            format!(
+                "### Proxy throughput side by side: `wrk -t1 -c32 -d{secs}s` on every proxy at once\n\n\
+                 One worker thread per proxy; all proxies on CPU 0, each in its own session (an equal \
+                 share of the CPU per process, its writer thread included); wrk, the backend and \
+                 PostgreSQL on the other CPU(s). \"vs off\": the median over slices of req/s against \
+                 the `off` proxy's req/s in the same slice (the ratio of the medians in brackets)."
+            )
+        } else {
+            format!(
+                "### Proxy throughput one at a time: `wrk -t1 -c32 -d{secs}s`, all processes sharing the CPUs\n\n\
+                 One worker thread; the proxy, wrk, the backend and PostgreSQL on the same 2 CPUs, so \
+                 PostgreSQL's own work competes with the proxy's. wrk takes turns: off, A, off, B, off, B, \
+                 off, A, off, ... \"vs off\": the median over a variant's slices of its req/s against \
+                 the mean of the two `off` slices around it (the ratio of the medians in brackets)."
+            )
+        };
+        table(out, &heading, &variants, &runs, &ratios, &notes);
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Moves every thread of `pid` to `cpus` (a `taskset` list); false if it could not (the
+/// process has exited).
+fn try_set_cpus(pid: u32, cpus: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// [`try_set_cpus`] for `pid` and all its descendants (those that exit meanwhile, such as
+/// PostgreSQL's autovacuum workers, are skipped).
+fn set_tree_cpus(pid: u32, cpus: &str) {
+    try_set_cpus(pid, cpus);
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    for task in tasks {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            set_tree_cpus(child, cpus);
         }
     }
+}
+
+fn table(
+    out: &mut String,
+    heading: &str,
+    variants: &[Rec],
+    runs: &[Vec<(f64, String)>],
+    ratios: &[Vec<f64>],
+    notes: &[String],
+) {
     writeln!(
         out,
-        "### Proxy throughput, `wrk -t1 -c32 -d{secs}s`, one proxy worker thread\n\n\
-         \"vs off\": the median over repetitions of req/s against the `off` run of the same repetition \
-         (the ratio of the medians in brackets).\n\n\
-         | recording | req/s (each run) | median | vs off | p99 (each run) | records |\n|---|---|---|---|---|---|"
+        "{heading}\n\n\
+         | recording | slices | req/s (each slice) | median | vs off | p99 (median) | records |\n|---|---|---|---|---|---|---|"
     )
     .ok();
-    let median = |v: &Vec<(f64, String, String)>| {
-        let mut r: Vec<f64> = v.iter().map(|x| x.0).collect();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    let base = median(&results[0]);
+    let ms = |p99: &str| {
+        let num = |v: &str| v.parse::<f64>().ok();
+        p99.strip_suffix("ms")
+            .and_then(num)
+            .or_else(|| p99.strip_suffix("us").and_then(num).map(|v| v / 1000.0))
+            .or_else(|| p99.strip_suffix('s').and_then(num).map(|v| v * 1000.0))
+            .unwrap_or(f64::NAN)
+    };
+    let rps = |vi: usize| runs[vi].iter().map(|r| r.0).collect::<Vec<f64>>();
+    let base = median(rps(0));
     for (vi, v) in variants.iter().enumerate() {
-        let r = &results[vi];
-        let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
-        let p99s: Vec<&str> = r.iter().map(|x| x.1.as_str()).collect();
-        let notes: Vec<&str> = r.iter().map(|x| x.2.as_str()).filter(|s| !s.is_empty()).collect();
-        let mut paired: Vec<f64> = r.iter().zip(&results[0]).map(|(x, o)| x.0 / o.0).collect();
-        paired.sort_by(f64::total_cmp);
+        let each: Vec<String> = rps(vi).iter().map(|r| format!("{r:.0}")).collect();
+        let med = median(rps(vi));
         writeln!(
             out,
-            "| {} | {} | **{:.0}** | **{:.3}×** ({:.3}×) | {} | {} |",
+            "| {} | {} | {} | **{med:.0}** | **{:.3}×** ({:.3}×) | {:.2}ms | {} |",
             v.name(),
+            each.len(),
             each.join(" / "),
-            median(r),
-            paired[paired.len() / 2],
-            median(r) / base,
-            p99s.join(" / "),
-            notes.join("; ")
+            median(ratios[vi].clone()),
+            med / base,
+            median(runs[vi].iter().map(|r| ms(&r.1)).collect()),
+            notes[vi]
         )
         .ok();
     }
@@ -349,7 +496,7 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
             let vi = (k + rep) % variants.len();
             let v = variants[vi];
             // A queue smaller than a run's records, so the stopped database makes it overflow.
-            let (p, _url) = proxy(v, pg, &backend, ", queue_capacity: 8192", None).await;
+            let (p, _url) = proxy(v, pg, &backend, ", queue_capacity: 8192", &[], None).await;
             let spec = LoadSpec {
                 url: p.url("/").parse().expect("uri"),
                 rate,

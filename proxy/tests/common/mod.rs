@@ -87,6 +87,12 @@ impl Proxy {
 
     /// `main_extra` is appended to the main file; `env` is set for the process.
     pub async fn start_with(upstreams_yaml: &str, main_extra: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_under(&[], upstreams_yaml, main_extra, env).await
+    }
+
+    /// [`Proxy::start_with`], run by `wrapper` (a command that execs its arguments, such as
+    /// `setsid` or `taskset -c 0`), so the pid is still the proxy's.
+    pub async fn start_under(wrapper: &[&str], upstreams_yaml: &str, main_extra: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -103,7 +109,14 @@ impl Proxy {
         )
         .expect("write main");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&main_path)
