@@ -140,16 +140,10 @@ async fn a_panicking_test_leaves_nothing_behind() {
         return;
     }
     let (tx, rx) = std::sync::mpsc::channel();
-    let test = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let pg = PgCluster::start().await;
-            tx.send((pg.postmaster_pid(), pg.root_dir())).expect("send");
-            panic!("deliberate panic with a running cluster");
-        })
+    let test = common::on_own_thread(move || async move {
+        let pg = PgCluster::start().await;
+        tx.send((pg.postmaster_pid(), pg.root_dir())).expect("send");
+        panic!("deliberate panic with a running cluster");
     });
     assert!(test.join().is_err(), "the thread should have panicked");
     let (pid, root) = rx.recv().expect("cluster info");

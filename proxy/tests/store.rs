@@ -138,21 +138,15 @@ async fn ten_thousand_requests_give_ten_thousand_matching_rows() {
     // next to the load on two cores, the time a request waits before the proxy reads it,
     // which the proxy cannot see, adds up to a few ms now and then.)
     let slow_url = proxy.url("/slow/x");
-    let slow = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let client = reqwest::Client::new();
-            let mut v = Vec::with_capacity(SLOW);
-            for i in 0..SLOW {
-                let (id, mut seen) = get_seen(&client, &slow_url).await;
-                seen.timed = i > 0;
-                v.push((id, seen));
-            }
-            v
-        })
+    let slow = common::on_own_thread(move || async move {
+        let client = reqwest::Client::new();
+        let mut v = Vec::with_capacity(SLOW);
+        for i in 0..SLOW {
+            let (id, mut seen) = get_seen(&client, &slow_url).await;
+            seen.timed = i > 0;
+            v.push((id, seen));
+        }
+        v
     });
     seen.extend(
         tokio::task::spawn_blocking(move || slow.join().expect("slow client"))

@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use backend_sim::{spawn, spawn_echo, BackendHandle, BackendSpec};
 
+/// Runs the future `make` returns on a new thread, with a current-thread runtime of its own:
+/// for work that must not wait on the caller's runtime (a `Drop`, a timed client kept apart
+/// from the load) or that may panic without taking the caller down.
+pub fn on_own_thread<F, Fut>(make: F) -> std::thread::JoinHandle<Fut::Output>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(make())
+    })
+}
+
 /// A port that was free a moment ago (the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -414,28 +414,22 @@ impl Drop for External {
         }
         let url = self.url.clone();
         // Drop may run inside the test's runtime, which we must not block on; use our own.
-        let dropper = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let work = async {
-                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-                    tokio::spawn(conn);
-                    for n in &names {
-                        client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
-                            .await?;
-                    }
-                    Ok::<_, tokio_postgres::Error>(())
-                };
-                match tokio::time::timeout(Duration::from_secs(10), work).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => eprintln!("PgCluster: dropping test databases {names:?}: {e}"),
-                    Err(_) => eprintln!("PgCluster: dropping test databases {names:?} timed out"),
+        let dropper = super::on_own_thread(move || async move {
+            let work = async {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                for n in &names {
+                    client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE)"))
+                        .await?;
                 }
-            });
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(10), work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("PgCluster: dropping test databases {names:?}: {e}"),
+                Err(_) => eprintln!("PgCluster: dropping test databases {names:?} timed out"),
+            }
         });
         let _ = dropper.join();
     }
