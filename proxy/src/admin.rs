@@ -24,7 +24,7 @@ use crate::clock;
 use crate::control::{self, Trigger};
 use crate::metrics::metrics;
 use crate::state::Shared;
-use crate::upstream::Health;
+use crate::upstream::{Health, Membership};
 
 pub struct Admin {
     shared: Arc<Shared>,
@@ -64,6 +64,8 @@ struct ServerRow {
     health: Health,
     ejected: bool,
     ejected_for_ms: u64,
+    /// `member`, or `leaving`: removed by a reload, serving until its replacements are healthy.
+    membership: Membership,
     inflight: u32,
     /// Peak-EWMA response-header latency in ms, decayed to now; null before the first response.
     ewma_latency_ms: Option<f64>,
@@ -118,7 +120,7 @@ impl Admin {
         for name in names {
             let pool = &upstreams.pools[name];
             let params = **pool.shared.params.load();
-            for s in &pool.members().list {
+            for s in pool.members().all() {
                 let est = s.load.latency_estimate_ns(now, params.decay_ns);
                 rows.push(ServerRow {
                     pool: name.clone(),
@@ -129,6 +131,7 @@ impl Admin {
                     health: s.health(),
                     ejected: s.is_ejected(now),
                     ejected_for_ms: s.ejected_for_ms(now),
+                    membership: s.membership(),
                     inflight: s.load.inflight(),
                     ewma_latency_ms: (est > 0.0).then_some(est / 1e6),
                     error_rate: s.error_rate(),
@@ -161,7 +164,7 @@ impl Admin {
         match control::reload_async(self.shared.clone(), Trigger::Api).await {
             Ok(a) => json_response(
                 StatusCode::OK,
-                &json!({"result": "applied", "version": a.version, "hash": a.hash, "restart_required": a.restart_required}),
+                &json!({"result": if a.unchanged { "unchanged" } else { "applied" }, "version": a.version, "hash": a.hash, "restart_required": a.restart_required}),
             ),
             Err(errors) => json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -41,6 +41,8 @@ pub struct Applied {
     pub version: u64,
     pub hash: String,
     pub restart_required: Vec<String>,
+    /// Both files were as running: nothing was applied and nothing restarted.
+    pub unchanged: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -91,6 +93,34 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> Result<Applied, ConfigErrors
             return Err(errors);
         }
     };
+    if loaded.hash == current.loaded.hash {
+        // The files say what is running: a no-op, so frequent reloads neither bump the
+        // version nor disturb the health checker.
+        metrics().config_reloads.with_label_values(&["unchanged"]).inc();
+        tracing::debug!(
+            trigger = trigger.as_str(),
+            version = current.version,
+            "configuration unchanged"
+        );
+        if current.last_reload.as_ref().is_some_and(|r| r.result == "error") {
+            // The files were mended back to the running version: say so.
+            let mut next = (*current).clone();
+            next.last_reload = Some(ReloadRecord {
+                at_unix_ms: unix_ms(),
+                trigger: trigger.as_str(),
+                result: "unchanged",
+                errors: Vec::new(),
+                restart_required: Vec::new(),
+            });
+            shared.config.store(Arc::new(next));
+        }
+        return Ok(Applied {
+            version: current.version,
+            hash: current.loaded.hash.clone(),
+            restart_required: Vec::new(),
+            unchanged: true,
+        });
+    }
     let restart_required = restart_only_changes(&current.loaded.main, &loaded.main);
     if !restart_required.is_empty() {
         tracing::warn!(keys = ?restart_required, "changed settings take effect after a restart");
@@ -125,6 +155,7 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> Result<Applied, ConfigErrors
         version,
         hash,
         restart_required,
+        unchanged: false,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub ejections: IntCounterVec,
+    pub ejections_overflow: IntCounterVec,
+    pub panic_routing: IntCounterVec,
+    pub health_check_failures: IntCounterVec,
     pub store_written: IntCounterVec,
     pub store_dropped: IntCounterVec,
     pub store_errors: IntCounterVec,
@@ -92,7 +95,7 @@ impl Metrics {
             config_reloads: counter(
                 &registry,
                 "neurabalancer_config_reloads_total",
-                "Configuration reloads by result (success, error).",
+                "Configuration reloads by result (success, error, unchanged: the files were as running).",
                 &["result"],
             ),
             store_written: counter(
@@ -125,10 +128,28 @@ impl Metrics {
                 "Passive-health ejections per backend.",
                 &["pool", "backend"],
             ),
+            ejections_overflow: counter(
+                &registry,
+                "neurabalancer_ejections_overflow_total",
+                "Failure runs that would have ejected a backend, refused because max_ejection_percent of the pool was ejected already.",
+                &["pool"],
+            ),
+            panic_routing: counter(
+                &registry,
+                "neurabalancer_upstream_panic_total",
+                "Requests routed in panic mode: fewer than panic_threshold_percent of the pool healthy, so unhealthy servers were eligible too.",
+                &["pool"],
+            ),
+            health_check_failures: counter(
+                &registry,
+                "neurabalancer_health_checker_restarts_total",
+                "Probe loops that stopped unexpectedly and were restarted, by pool.",
+                &["pool"],
+            ),
             registry,
         };
         // Export both reload series from the start, so `increase()` sees the first error.
-        for result in ["success", "error"] {
+        for result in ["success", "error", "unchanged"] {
             m.config_reloads.with_label_values(&[result]);
         }
         m
@@ -140,7 +161,7 @@ impl Metrics {
         self.healthy.reset();
         let now = crate::clock::now_ns();
         for pool in upstreams.pools.values() {
-            for s in &pool.members().list {
+            for s in pool.members().all() {
                 let id = s.id();
                 let labels = [&*pool.name, id.as_str()];
                 self.inflight.with_label_values(&labels).set(s.load.inflight() as i64);

@@ -32,7 +32,7 @@ use crate::state::Shared;
 use crate::store::record::now_unix_us;
 use crate::store::RequestRecord;
 use crate::strategy::InflightGuard;
-use crate::upstream::{BackendStats, Failure, Pool};
+use crate::upstream::{BackendStats, Ejection, Failure, Pool};
 
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -98,11 +98,17 @@ struct RecordCtx {
 
 /// Counts a backend failure for passive health; logs and counts an ejection it causes.
 fn record_failure(pool: &Pool, backend: &BackendStats, kind: Failure) {
-    let cfg = pool.config();
-    if let Some(ms) = backend.record_failure(kind, &cfg.outlier_detection) {
-        let id = backend.id();
-        metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
-        tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, reason = ?kind, "backend ejected");
+    match pool.record_failure(backend, kind) {
+        Ejection::None => {}
+        Ejection::Ejected(ms) => {
+            let id = backend.id();
+            metrics().ejections.with_label_values(&[&*pool.name, id.as_str()]).inc();
+            tracing::warn!(pool = %pool.name, backend = %id, ejected_ms = ms, reason = ?kind, "backend ejected");
+        }
+        Ejection::Capped => {
+            metrics().ejections_overflow.with_label_values(&[&*pool.name]).inc();
+            tracing::warn!(pool = %pool.name, backend = %backend.id(), reason = ?kind, "backend not ejected: max_ejection_percent reached");
+        }
     }
 }
 
@@ -244,8 +250,8 @@ impl ProxyHttp for Proxy {
             if let Some(rec) = &mut ctx.rec {
                 rec.upstream_latency_us = Some((rtt_ns / 1_000) as i64);
             }
-            if resp.status.is_server_error() {
-                record_failure(pool, backend, Failure::Status5xx);
+            if let Some(kind) = Failure::of_status(resp.status.as_u16()) {
+                record_failure(pool, backend, kind);
             } else {
                 backend.record_success();
             }

@@ -15,7 +15,8 @@ const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf");
 const BROKEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken");
 
 /// The kinds of broken example the acceptance names; each must have a directory.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
+    "health-check-host",
     "syntax",
     "unknown-key",
     "bad-address",

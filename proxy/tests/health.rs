@@ -71,7 +71,10 @@ async fn healthy_not(proxy: &Proxy, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_backend_health() {
     let b = backends(2, Duration::ZERO).await;
-    let proxy = Proxy::start(&upstreams("p2c_ewma", &servers(&b), &hc(1, 1))).await;
+    // Without panic routing, so that "no healthy server" means a 503 (the default routes
+    // across unhealthy servers instead: see tests/pools.rs).
+    let extra = format!("{}    panic_threshold_percent: 0\n", hc(1, 1));
+    let proxy = Proxy::start(&upstreams("p2c_ewma", &servers(&b), &extra)).await;
     proxy.wait_ready().await;
     for x in &b {
         x.set_healthy(false);

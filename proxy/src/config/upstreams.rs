@@ -18,6 +18,7 @@ pub const DEFAULT_EWMA_DECAY_MS: u64 = 10_000;
 pub const DEFAULT_HC_PATH: &str = "/health";
 pub const DEFAULT_HC_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_HC_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_HC_HOST: &str = "localhost";
 pub const DEFAULT_HC_RISE: u32 = 2;
 pub const DEFAULT_HC_FALL: u32 = 2;
 pub const MIN_HC_INTERVAL_MS: u64 = 50;
@@ -25,8 +26,17 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
-pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+/// Any 5xx in a row: off by default, since any client can make a handler answer 500.
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 0;
+pub const DEFAULT_CONSECUTIVE_GATEWAY_FAILURES: u32 = 5;
 pub const DEFAULT_CONSECUTIVE_CONNECT_FAILURES: u32 = 1;
+/// Envoy's `max_ejection_percent` default; one server may always be ejected, never the last.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// Envoy's `healthy_panic_threshold` default.
+pub const DEFAULT_PANIC_THRESHOLD_PERCENT: u32 = 50;
+/// How long servers removed by a reload keep serving while their replacements are checked.
+pub const DEFAULT_REMOVED_DRAIN_MS: u64 = 10_000;
+pub const MAX_REMOVED_DRAIN_MS: u64 = 3_600_000;
 pub const DEFAULT_BASE_EJECTION_MS: u64 = 1_000;
 pub const DEFAULT_MAX_EJECTION_MS: u64 = 30_000;
 
@@ -58,6 +68,15 @@ pub struct PoolConfig {
     /// Decay time of the peak-EWMA latency estimate used by `p2c_ewma`.
     #[serde(default = "default_ewma_decay_ms")]
     pub ewma_decay_ms: u64,
+    /// When fewer than this share of the pool's servers are healthy, route across every
+    /// checked server that is not ejected, healthy or not (Envoy's panic threshold): a broken
+    /// health path must not take a pool down whose servers still answer. 0 = never.
+    #[serde(default = "default_panic_threshold_percent")]
+    pub panic_threshold_percent: u32,
+    /// Servers a reload removes keep serving until every server of the pool is healthy or
+    /// this time passes, so replacing a pool's servers leaves no gap. 0 = leave at once.
+    #[serde(default = "default_removed_drain_ms")]
+    pub removed_drain_ms: u64,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -89,29 +108,38 @@ pub struct HealthCheckConfig {
     /// Consecutive failures that make a healthy server unhealthy.
     #[serde(default = "default_hc_fall")]
     pub fall: u32,
-    /// `Host` header of the check request; the server's address when absent.
+    /// `Host` header of the check request; [`DEFAULT_HC_HOST`] when absent.
     #[serde(default)]
     pub host: Option<String>,
 }
 
 /// Passive checks: failures seen on real traffic eject a server for a back-off period that
 /// doubles with each consecutive ejection (Envoy's outlier detection, nginx's `max_fails`).
+/// A threshold of 0 turns its rule off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
+    /// Gateway failures in a row: 502, 503, 504, resets and timeouts after the request was sent.
+    pub consecutive_gateway_failures: u32,
+    /// Any 5xx in a row, application 500s included (off by default).
     pub consecutive_5xx: u32,
     pub consecutive_connect_failures: u32,
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
+    /// At most this share of the pool's servers is ejected at once; one server may always be
+    /// ejected in a pool of two or more, the last one never.
+    pub max_ejection_percent: u32,
 }
 
 impl Default for OutlierConfig {
     fn default() -> Self {
         OutlierConfig {
+            consecutive_gateway_failures: DEFAULT_CONSECUTIVE_GATEWAY_FAILURES,
             consecutive_5xx: DEFAULT_CONSECUTIVE_5XX,
             consecutive_connect_failures: DEFAULT_CONSECUTIVE_CONNECT_FAILURES,
             base_ejection_ms: DEFAULT_BASE_EJECTION_MS,
             max_ejection_ms: DEFAULT_MAX_EJECTION_MS,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
         }
     }
 }
@@ -161,6 +189,12 @@ fn default_max_retries() -> u32 {
 fn default_ewma_decay_ms() -> u64 {
     DEFAULT_EWMA_DECAY_MS
 }
+fn default_panic_threshold_percent() -> u32 {
+    DEFAULT_PANIC_THRESHOLD_PERCENT
+}
+fn default_removed_drain_ms() -> u64 {
+    DEFAULT_REMOVED_DRAIN_MS
+}
 fn default_hc_path() -> String {
     DEFAULT_HC_PATH.to_string()
 }
@@ -186,7 +220,20 @@ fn unspecified_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
+impl OutlierConfig {
+    /// How many of `n` servers may be ejected at once.
+    pub fn max_ejected(&self, n: usize) -> usize {
+        let share = n * self.max_ejection_percent as usize / 100;
+        share.max(1).min(n.saturating_sub(1))
+    }
+}
+
 impl HealthCheckConfig {
+    /// The `Host` header value of the probe.
+    pub fn host_header(&self) -> &str {
+        self.host.as_deref().unwrap_or(DEFAULT_HC_HOST)
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
     }
@@ -202,6 +249,15 @@ fn valid_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// A probe's `Host` header: a valid URI authority without user info (what Pingora's probe
+/// request will carry), so a value that cannot be sent is refused at load, not at probe time.
+fn valid_probe_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.contains('@')
+        && http::HeaderValue::from_str(host).is_ok()
+        && host.parse::<http::uri::Authority>().is_ok()
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {
@@ -305,6 +361,19 @@ impl PoolConfig {
             let h = format!("{at}.health_check");
             if !hc.path.starts_with('/') {
                 c.err(format!("{h}.path"), "must start with '/'");
+            } else if hc.path.parse::<http::uri::PathAndQuery>().is_err() {
+                c.err(
+                    format!("{h}.path"),
+                    "not a valid request path (spaces, control characters and '#' must be percent-encoded)",
+                );
+            }
+            if let Some(host) = &hc.host {
+                if !valid_probe_host(host) {
+                    c.err(
+                        format!("{h}.host"),
+                        "must be a host name or address with an optional port, as in a Host header",
+                    );
+                }
             }
             if hc.interval_ms < MIN_HC_INTERVAL_MS {
                 c.err(
@@ -338,6 +407,21 @@ impl PoolConfig {
             c.err(
                 format!("{at}.outlier_detection"),
                 "need 0 < base_ejection_ms <= max_ejection_ms",
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            c.err(
+                format!("{at}.outlier_detection.max_ejection_percent"),
+                "must be 0..=100",
+            );
+        }
+        if self.panic_threshold_percent > 100 {
+            c.err(format!("{at}.panic_threshold_percent"), "must be 0..=100");
+        }
+        if self.removed_drain_ms > MAX_REMOVED_DRAIN_MS {
+            c.err(
+                format!("{at}.removed_drain_ms"),
+                format!("must be at most {MAX_REMOVED_DRAIN_MS} (one hour)"),
             );
         }
         if self.ewma_decay_ms == 0 {
@@ -430,6 +514,43 @@ mod tests {
         );
         let e = errs(&text);
         assert_eq!(e, vec!["u.yaml:7: pools.api: duplicate key".to_string()]);
+    }
+
+    #[test]
+    fn health_check_host_and_path_must_be_sendable() {
+        let with_hc = |hc: &str| {
+            GOOD.replace(
+                "strategy: round_robin",
+                &format!("strategy: round_robin\n    health_check: {hc}"),
+            )
+        };
+        assert_eq!(
+            errs(&with_hc("{ path: /health, host: api.example.com:8080 }")),
+            Vec::<String>::new()
+        );
+        let e = errs(&with_hc("{ path: /health, host: \"bad\\nhost\" }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("u.yaml:4: pools.api.health_check.host: "), "{e:?}");
+        let e = errs(&with_hc("{ path: \"/he alth\" }"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("u.yaml:4: pools.api.health_check.path: not a valid request path"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ejection_cap_keeps_one_server_and_allows_one_ejection() {
+        let o = OutlierConfig::default();
+        assert_eq!(o.max_ejected(1), 0, "never the last server");
+        assert_eq!(o.max_ejected(2), 1);
+        assert_eq!(o.max_ejected(3), 1);
+        assert_eq!(o.max_ejected(25), 2);
+        let all = OutlierConfig {
+            max_ejection_percent: 100,
+            ..o
+        };
+        assert_eq!(all.max_ejected(4), 3);
     }
 
     #[test]

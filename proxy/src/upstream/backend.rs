@@ -3,7 +3,7 @@
 //! creates or retires it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -42,12 +42,44 @@ impl Health {
 }
 
 /// Why a request to a backend counted as a failure for passive health.
+///
+/// Gateway failures (the backend could not be reached or could not answer: 502, 503, 504,
+/// resets, timeouts) say something about the server. Other 5xx (a 500 from one broken
+/// handler) say something about one request, and any client can trigger them, so by default
+/// they do not eject (Envoy's `consecutive_gateway_failure` against `consecutive_5xx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Connect,
+    /// A 502, 503 or 504 answered by the backend.
+    Gateway5xx,
+    /// Any other 5xx (500, 501, 505, ...).
     Status5xx,
     /// Reset or timeout after the request was sent.
     Transport,
+}
+
+impl Failure {
+    /// The failure a response status stands for, `None` below 500.
+    pub fn of_status(status: u16) -> Option<Failure> {
+        match status {
+            502..=504 => Some(Failure::Gateway5xx),
+            500..=599 => Some(Failure::Status5xx),
+            _ => None,
+        }
+    }
+}
+
+/// Where a backend stands in its pool's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// In the configuration.
+    Member,
+    /// Removed by a reload but still serving until its pool's replacements are healthy or the
+    /// pool's `removed_drain_ms` passes, so that replacing servers never leaves a gap.
+    Leaving,
+    /// Out of the pool; only requests already sent to it still refer to it.
+    Gone,
 }
 
 #[derive(Debug)]
@@ -65,6 +97,7 @@ pub struct BackendStats {
     check_fails: AtomicU32,
     // Passive health.
     consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
     consecutive_connect: AtomicU32,
     ejected_until_ns: AtomicU64,
     ejections: AtomicU32,
@@ -73,7 +106,7 @@ pub struct BackendStats {
     requests: AtomicU64,
     failures: AtomicU64,
     last_success_ns: AtomicU64,
-    draining: AtomicBool,
+    membership: AtomicU8,
     /// The backend's latest ORCA load report, as f32 bits (NaN: never reported).
     reported_cpu: AtomicU32,
     reported_queue: AtomicU32,
@@ -116,6 +149,7 @@ impl BackendStats {
             check_passes: AtomicU32::new(0),
             check_fails: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
             consecutive_connect: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -123,7 +157,7 @@ impl BackendStats {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_success_ns: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            membership: AtomicU8::new(0),
             reported_cpu: nan_bits(),
             reported_queue: nan_bits(),
             reported_rps: nan_bits(),
@@ -160,13 +194,30 @@ impl BackendStats {
         self.ejected_until_ns.load(Relaxed) > now_ns
     }
 
-    /// Removed from the configuration but still referenced by in-flight requests.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
+    pub fn membership(&self) -> Membership {
+        match self.membership.load(Relaxed) {
+            0 => Membership::Member,
+            1 => Membership::Leaving,
+            _ => Membership::Gone,
+        }
     }
 
-    pub(crate) fn set_draining(&self) {
-        self.draining.store(true, Relaxed)
+    pub(crate) fn set_membership(&self, m: Membership) {
+        let v = match m {
+            Membership::Member => 0,
+            Membership::Leaving => 1,
+            Membership::Gone => 2,
+        };
+        self.membership.store(v, Relaxed)
+    }
+
+    /// Out of its pool: only requests already sent to it still refer to it.
+    pub fn is_gone(&self) -> bool {
+        self.membership() == Membership::Gone
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.membership() == Membership::Leaving
     }
 
     /// Takes new traffic: healthy and not ejected.
@@ -191,6 +242,9 @@ impl BackendStats {
             let fails = self.check_fails.fetch_add(1, Relaxed).saturating_add(1);
             match before {
                 Health::Healthy if fails >= fall => Health::Unhealthy,
+                // A new server's first check decides: failed, it is unhealthy (and counts as
+                // such for the pool's panic threshold) rather than pending for ever.
+                Health::Pending => Health::Unhealthy,
                 h => h,
             }
         };
@@ -222,8 +276,7 @@ impl BackendStats {
     /// A response arrived with a non-5xx status.
     pub fn record_success(&self) {
         self.requests.fetch_add(1, Relaxed);
-        self.consecutive_5xx.store(0, Relaxed);
-        self.consecutive_connect.store(0, Relaxed);
+        self.reset_consecutive();
         self.last_success_ns.store(clock::now_ns(), Relaxed);
         if self.ejections.load(Relaxed) != 0 && !self.is_ejected(clock::now_ns()) {
             self.ejections.store(0, Relaxed);
@@ -231,34 +284,47 @@ impl BackendStats {
         self.bump_error_rate(false);
     }
 
-    /// A failure seen on real traffic; returns the ejection time in ms when it ejected the
-    /// backend.
-    pub fn record_failure(&self, kind: Failure, o: &OutlierConfig) -> Option<u64> {
+    fn reset_consecutive(&self) {
+        self.consecutive_5xx.store(0, Relaxed);
+        self.consecutive_gateway.store(0, Relaxed);
+        self.consecutive_connect.store(0, Relaxed);
+    }
+
+    /// Counts a failure seen on real traffic; returns true when it completes a run that
+    /// should eject the backend (the pool decides whether its ejection cap allows it, then
+    /// calls [`BackendStats::eject`]).
+    pub fn record_failure(&self, kind: Failure, o: &OutlierConfig) -> bool {
         self.requests.fetch_add(1, Relaxed);
         self.failures.fetch_add(1, Relaxed);
         self.bump_error_rate(true);
-        let (count, limit) = match kind {
-            Failure::Connect => (
-                self.consecutive_connect.fetch_add(1, Relaxed) + 1,
-                o.consecutive_connect_failures,
-            ),
-            Failure::Status5xx | Failure::Transport => {
-                (self.consecutive_5xx.fetch_add(1, Relaxed) + 1, o.consecutive_5xx)
+        // A threshold of 0 turns its rule off.
+        let hit = |cell: &AtomicU32, limit: u32| limit != 0 && cell.fetch_add(1, Relaxed) + 1 >= limit;
+        let tripped = match kind {
+            Failure::Connect => hit(&self.consecutive_connect, o.consecutive_connect_failures),
+            Failure::Gateway5xx | Failure::Transport => {
+                let gateway = hit(&self.consecutive_gateway, o.consecutive_gateway_failures);
+                hit(&self.consecutive_5xx, o.consecutive_5xx) | gateway
             }
+            Failure::Status5xx => hit(&self.consecutive_5xx, o.consecutive_5xx),
         };
-        if limit == 0 || count < limit {
-            return None;
-        }
-        let now = clock::now_ns();
-        if self.is_ejected(now) {
-            return None;
-        }
-        self.consecutive_5xx.store(0, Relaxed);
-        self.consecutive_connect.store(0, Relaxed);
+        tripped && !self.is_ejected(clock::now_ns())
+    }
+
+    /// Ejects the backend for a back-off that doubles with each consecutive ejection, capped
+    /// at `max_ejection_ms`; returns the ejection time in ms. The failure runs start again.
+    pub fn eject(&self, o: &OutlierConfig, now_ns: u64) -> u64 {
+        self.reset_consecutive();
         let n = self.ejections.fetch_add(1, Relaxed).min(16);
         let ms = o.base_ejection_ms.saturating_mul(1u64 << n).min(o.max_ejection_ms);
-        self.ejected_until_ns.store(now + ms * 1_000_000, Relaxed);
-        Some(ms)
+        let until = now_ns.saturating_add(ms.saturating_mul(1_000_000));
+        self.ejected_until_ns.store(until, Relaxed);
+        ms
+    }
+
+    /// A run that would have ejected the backend, refused by the pool's ejection cap: it
+    /// starts again, so the backend is reconsidered after as many failures more.
+    pub fn ejection_refused(&self) {
+        self.reset_consecutive();
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -317,25 +383,84 @@ mod tests {
         assert_eq!(s.record_check(true, 2, 2), Some(Health::Healthy));
     }
 
-    #[test]
-    fn consecutive_failures_eject_with_backoff() {
-        let s = stats(false);
-        let o = OutlierConfig {
-            consecutive_5xx: 3,
+    fn outlier(consecutive_5xx: u32, gateway: u32) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_5xx,
+            consecutive_gateway_failures: gateway,
             consecutive_connect_failures: 1,
             base_ejection_ms: 100,
             max_ejection_ms: 250,
-        };
-        assert_eq!(s.record_failure(Failure::Status5xx, &o), None);
-        assert_eq!(s.record_failure(Failure::Status5xx, &o), None);
-        assert_eq!(s.record_failure(Failure::Status5xx, &o), Some(100));
-        assert!(!s.eligible(clock::now_ns()));
-        // While ejected, further failures do not extend it.
-        assert_eq!(s.record_failure(Failure::Connect, &o), None);
+            ..OutlierConfig::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_backoff() {
+        let s = stats(false);
+        let o = outlier(3, 0);
+        let now = clock::now_ns();
+        assert!(!s.record_failure(Failure::Status5xx, &o));
+        assert!(!s.record_failure(Failure::Status5xx, &o));
+        assert!(s.record_failure(Failure::Status5xx, &o));
+        assert_eq!(s.eject(&o, now), 100);
+        assert!(!s.eligible(now));
+        // While ejected, further failures do not eject again.
+        assert!(!s.record_failure(Failure::Connect, &o));
         s.ejected_until_ns.store(0, Relaxed);
-        assert_eq!(s.record_failure(Failure::Connect, &o), Some(200));
+        assert!(s.record_failure(Failure::Connect, &o));
+        assert_eq!(s.eject(&o, now), 200);
         s.ejected_until_ns.store(0, Relaxed);
-        assert_eq!(s.record_failure(Failure::Connect, &o), Some(250), "capped at max");
+        assert!(s.record_failure(Failure::Connect, &o));
+        assert_eq!(s.eject(&o, now), 250, "capped at max");
         assert!(s.error_rate() > 0.0);
+    }
+
+    #[test]
+    fn application_500s_do_not_count_as_gateway_failures() {
+        let s = stats(false);
+        let o = outlier(0, 2);
+        for _ in 0..50 {
+            assert!(
+                !s.record_failure(Failure::Status5xx, &o),
+                "500s never eject with consecutive_5xx off"
+            );
+        }
+        assert!(!s.record_failure(Failure::Gateway5xx, &o));
+        assert!(
+            s.record_failure(Failure::Transport, &o),
+            "a 503 then a reset: two gateway failures"
+        );
+        s.ejection_refused();
+        assert!(
+            !s.record_failure(Failure::Gateway5xx, &o),
+            "a refused ejection starts the run again"
+        );
+        s.record_success();
+        assert!(!s.record_failure(Failure::Gateway5xx, &o), "a success ends the run");
+        assert_eq!(Failure::of_status(500), Some(Failure::Status5xx));
+        assert_eq!(Failure::of_status(503), Some(Failure::Gateway5xx));
+        assert_eq!(Failure::of_status(404), None);
+    }
+
+    #[test]
+    fn huge_ejection_times_saturate_instead_of_wrapping() {
+        let s = stats(false);
+        let o = OutlierConfig {
+            base_ejection_ms: u64::MAX,
+            max_ejection_ms: u64::MAX,
+            ..outlier(1, 1)
+        };
+        let now = clock::now_ns();
+        assert!(s.record_failure(Failure::Status5xx, &o));
+        s.eject(&o, now);
+        assert!(s.is_ejected(now + 1_000_000_000), "ejected, not wrapped into the past");
+    }
+
+    #[test]
+    fn a_failed_first_check_makes_a_new_server_unhealthy() {
+        let s = stats(true);
+        assert_eq!(s.record_check(false, 2, 2), Some(Health::Unhealthy));
+        assert_eq!(s.record_check(true, 2, 2), None);
+        assert_eq!(s.record_check(true, 2, 2), Some(Health::Healthy));
     }
 }

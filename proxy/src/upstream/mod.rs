@@ -6,8 +6,8 @@ mod pool;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use backend::{BackendStats, Failure, Health, ReportedLoad};
-pub use pool::{Members, Pool, PoolIter, PoolSelector, PoolShared};
+pub use backend::{BackendStats, Failure, Health, Membership, ReportedLoad};
+pub use pool::{Ejection, Leaving, Members, Pool, PoolIter, PoolSelector, PoolShared};
 
 use crate::config::{RouteConfig, UpstreamsConfig};
 
@@ -99,8 +99,8 @@ impl Upstreams {
         if let Some(prev) = prev {
             for (name, p) in &prev.pools {
                 if !pools.contains_key(name) {
-                    for s in &p.members().list {
-                        s.set_draining();
+                    for s in p.members().all() {
+                        s.set_membership(Membership::Gone);
                     }
                 }
             }

@@ -1,21 +1,36 @@
 //! A pool: its servers' live state, its strategy, and the Pingora `LoadBalancer` that
 //! selects among them.
 //!
-//! Ownership and update order (the control plane is the only writer):
+//! Ownership and update order (the control plane is the only writer, serialised by
+//! `Pool::write_lock`):
 //! 1. [`Pool::apply`] creates [`BackendStats`] for new servers (pending when the pool has
-//!    active checks), updates weights and ids of kept ones, marks removed ones draining,
-//!    and publishes the new member map (`PoolShared::members`).
+//!    active checks), updates weights and ids of kept ones, and turns removed ones into
+//!    *leaving* servers, which keep serving until every server of the pool is healthy or
+//!    `removed_drain_ms` passes ([`Pool::retire_leaving`], called after every check round).
+//!    It publishes the new member map (`PoolShared::members`).
 //! 2. It then stores the new strategy parameters and pool settings.
-//! 3. Finally it publishes the new backend set to the discovery and runs
-//!    `LoadBalancer::update`, which rebuilds the [`PoolSelector`] only when addresses or
-//!    weights changed. The selector finds each backend's stats in the member map, so live
-//!    state survives every rebuild.
+//! 3. Finally it publishes the new backend set (members and leaving servers) to the
+//!    discovery and runs `LoadBalancer::update`, which rebuilds the [`PoolSelector`] only
+//!    when addresses or weights changed. The selector finds each backend's stats in the
+//!    member map, so live state survives every rebuild.
 //!
-//! Requests read one snapshot of each and never wait on the control plane.
+//! Requests read one snapshot of each and never wait on the control plane. The one lock a
+//! request may take is `Pool::eject_lock`, and only when a failure run would eject a server
+//! (so that concurrent ejections cannot pass `max_ejection_percent` together).
+//!
+//! Which servers a pick considers, in order:
+//! 1. healthy and not ejected (members and leaving servers);
+//! 2. when fewer than `panic_threshold_percent` of the members are healthy and not ejected
+//!    (leaving servers count for their replacements): every checked server that is not
+//!    ejected, healthy or not (Envoy's panic routing, counted in
+//!    `neurabalancer_upstream_panic_total`); a server still waiting for its first check is
+//!    never picked;
+//! 3. when that leaves nothing, ejected ones too (healthy ones only, outside panic).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -24,22 +39,48 @@ use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
+use prometheus::IntCounter;
 
-use super::backend::BackendStats;
+use super::backend::{BackendStats, Failure, Health, Membership};
 use crate::clock;
 use crate::config::PoolConfig;
+use crate::metrics::metrics;
 use crate::strategy::{self, Candidates, Load, Params, StrategyKind};
 
-/// The current members of a pool, in configuration order.
+/// A server removed by a reload that keeps serving for a while.
+#[derive(Debug, Clone)]
+pub struct Leaving {
+    pub stats: Arc<BackendStats>,
+    /// Clock ns after which it leaves whatever the state of its replacements.
+    pub until_ns: u64,
+}
+
+/// The current members of a pool, in configuration order, and the servers leaving it.
 #[derive(Debug, Default)]
 pub struct Members {
     pub list: Vec<Arc<BackendStats>>,
+    pub leaving: Vec<Leaving>,
+    /// Members and leaving servers.
     by_addr: HashMap<SocketAddr, Arc<BackendStats>>,
 }
 
 impl Members {
+    fn new(list: Vec<Arc<BackendStats>>, leaving: Vec<Leaving>) -> Self {
+        let by_addr = list
+            .iter()
+            .chain(leaving.iter().map(|l| &l.stats))
+            .map(|s| (s.addr, s.clone()))
+            .collect();
+        Members { list, leaving, by_addr }
+    }
+
     pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<BackendStats>> {
         self.by_addr.get(addr)
+    }
+
+    /// Members, then leaving servers.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<BackendStats>> {
+        self.list.iter().chain(self.leaving.iter().map(|l| &l.stats))
     }
 }
 
@@ -49,14 +90,21 @@ pub struct PoolShared {
     pub name: Arc<str>,
     pub members: ArcSwap<Members>,
     pub params: ArcSwap<Params>,
+    /// `panic_threshold_percent`.
+    panic_threshold: AtomicU32,
+    /// `neurabalancer_upstream_panic_total{pool}`, looked up once.
+    panic_total: IntCounter,
 }
 
 impl PoolShared {
     fn new(name: Arc<str>, kind: StrategyKind) -> Arc<Self> {
+        let panic_total = metrics().panic_routing.with_label_values(&[&*name]);
         Arc::new(PoolShared {
             name,
             members: ArcSwap::from_pointee(Members::default()),
             params: ArcSwap::from_pointee(Params { kind, decay_ns: 10e9 }),
+            panic_threshold: AtomicU32::new(0),
+            panic_total,
         })
     }
 }
@@ -104,23 +152,60 @@ impl BackendSelection for PoolSelector {
         PoolIter {
             sel: self.clone(),
             yielded: Vec::new(),
+            panicked: false,
         }
     }
 }
 
+impl PoolSelector {
+    /// Panic routing: fewer than the threshold share of the members healthy and not ejected
+    /// (leaving servers that are count for the members replacing them).
+    fn in_panic(&self, now_ns: u64) -> bool {
+        let threshold = self.shared.panic_threshold.load(Relaxed) as usize;
+        if threshold == 0 {
+            return false;
+        }
+        let (mut members, mut healthy) = (0usize, 0usize);
+        for (_, s) in &self.entries {
+            match s.membership() {
+                Membership::Gone => continue,
+                Membership::Member => members += 1,
+                Membership::Leaving => {}
+            }
+            if s.eligible(now_ns) {
+                healthy += 1;
+            }
+        }
+        healthy * 100 < threshold * members
+    }
+}
+
 /// Yields backends in the strategy's order of preference: each call picks again among the
-/// eligible backends not yielded yet. When every healthy backend is passively ejected it
-/// picks among them anyway (Envoy's panic mode) rather than fail the request.
+/// eligible backends not yielded yet (see the module docs for which are eligible).
 pub struct PoolIter {
     sel: Arc<PoolSelector>,
     yielded: Vec<bool>,
+    /// Counted once per request.
+    panicked: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Healthy and not ejected.
+    Healthy,
+    /// Healthy, ejected or not.
+    HealthyEjected,
+    /// Checked at least once, healthy or not, not ejected.
+    Panic,
+    /// Checked at least once, ejected or not.
+    PanicEjected,
 }
 
 struct View<'a> {
     sel: &'a PoolSelector,
     yielded: &'a [bool],
     now_ns: u64,
-    ignore_ejection: bool,
+    tier: Tier,
 }
 
 impl Candidates for View<'_> {
@@ -135,10 +220,16 @@ impl Candidates for View<'_> {
     }
     fn eligible(&self, i: usize) -> bool {
         let s = &self.sel.entries[i].1;
-        !self.yielded.get(i).copied().unwrap_or(false)
-            && s.is_healthy()
-            && !s.is_draining()
-            && (self.ignore_ejection || !s.is_ejected(self.now_ns))
+        if self.yielded.get(i).copied().unwrap_or(false) || s.is_gone() {
+            return false;
+        }
+        let ejected = || s.is_ejected(self.now_ns);
+        match self.tier {
+            Tier::Healthy => s.is_healthy() && !ejected(),
+            Tier::HealthyEjected => s.is_healthy(),
+            Tier::Panic => s.health() != Health::Pending && !ejected(),
+            Tier::PanicEjected => s.health() != Health::Pending,
+        }
     }
 }
 
@@ -148,16 +239,26 @@ impl BackendIter for PoolIter {
         let params = **sel.shared.params.load();
         let now_ns = clock::now_ns();
         let mut rng = rand::rng();
+        let panic = sel.in_panic(now_ns);
+        let tiers: [Tier; 2] = if panic {
+            [Tier::Panic, Tier::PanicEjected]
+        } else {
+            [Tier::Healthy, Tier::HealthyEjected]
+        };
         let mut view = View {
             sel,
             yielded: &self.yielded,
             now_ns,
-            ignore_ejection: false,
+            tier: tiers[0],
         };
         let pick = strategy::pick(&params, &sel.state, &view, now_ns, &mut rng).or_else(|| {
-            view.ignore_ejection = true;
+            view.tier = tiers[1];
             strategy::pick(&params, &sel.state, &view, now_ns, &mut rng)
         })?;
+        if panic && !self.panicked {
+            self.panicked = true;
+            sel.shared.panic_total.inc();
+        }
         if self.yielded.is_empty() {
             self.yielded = vec![false; sel.entries.len()];
         }
@@ -183,6 +284,23 @@ pub struct Pool {
     lb: LoadBalancer<PoolSelector>,
     discovered: Arc<ArcSwap<BTreeSet<Backend>>>,
     config: ArcSwap<PoolConfig>,
+    /// Serialises membership changes (reloads and retiring leaving servers; control plane only).
+    write_lock: Mutex<()>,
+    /// Serialises ejection decisions, so concurrent ones respect the cap together.
+    eject_lock: Mutex<()>,
+    /// Woken when a reload added servers: the health checker probes them at once.
+    pub added: tokio::sync::Notify,
+}
+
+/// What [`Pool::record_failure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// The failure did not complete a run.
+    None,
+    /// Ejected for this many ms.
+    Ejected(u64),
+    /// A run was complete, but `max_ejection_percent` servers are ejected already.
+    Capped,
 }
 
 impl Pool {
@@ -198,6 +316,9 @@ impl Pool {
             lb,
             discovered,
             config: ArcSwap::from_pointee(cfg.clone()),
+            write_lock: Mutex::new(()),
+            eject_lock: Mutex::new(()),
+            added: tokio::sync::Notify::new(),
         });
         pool.apply(cfg);
         pool
@@ -205,7 +326,9 @@ impl Pool {
 
     /// Applies a validated pool configuration; returns the servers that are new.
     pub fn apply(&self, cfg: &PoolConfig) -> Vec<Arc<BackendStats>> {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.shared.members.load_full();
+        let now = clock::now_ns();
         let has_checks = cfg.health_check.is_some();
         let mut added = Vec::new();
         let mut list = Vec::with_capacity(cfg.servers.len());
@@ -214,6 +337,7 @@ impl Pool {
                 Some(st) => {
                     st.set_id(&s.id);
                     st.set_weight(s.weight);
+                    st.set_membership(Membership::Member);
                     if !has_checks && !st.is_healthy() {
                         st.set_trusted();
                     }
@@ -227,27 +351,68 @@ impl Pool {
             };
             list.push(stats);
         }
-        let by_addr: HashMap<_, _> = list.iter().map(|s| (s.addr, s.clone())).collect();
-        for s in &old.list {
-            if !by_addr.contains_key(&s.addr) {
-                s.set_draining();
+        let kept: HashMap<SocketAddr, ()> = list.iter().map(|s| (s.addr, ())).collect();
+        let drain_ns = cfg.removed_drain_ms.saturating_mul(1_000_000);
+        let mut leaving = Vec::new();
+        for s in old.all().filter(|s| !kept.contains_key(&s.addr)) {
+            let until_ns = old
+                .leaving
+                .iter()
+                .find(|l| Arc::ptr_eq(&l.stats, s))
+                .map(|l| l.until_ns)
+                .unwrap_or_else(|| now.saturating_add(drain_ns));
+            // A server that never passed a check never served: nothing to keep.
+            if drain_ns > 0 && s.health() != Health::Pending {
+                s.set_membership(Membership::Leaving);
+                leaving.push(Leaving {
+                    stats: s.clone(),
+                    until_ns,
+                });
+            } else {
+                s.set_membership(Membership::Gone);
             }
         }
-        self.shared.members.store(Arc::new(Members { list, by_addr }));
+        self.shared.panic_threshold.store(cfg.panic_threshold_percent, Relaxed);
         self.shared.params.store(Arc::new(Params {
             kind: cfg.strategy,
             decay_ns: cfg.ewma_decay_ms as f64 * 1e6,
         }));
         self.config.store(Arc::new(cfg.clone()));
-        let set: BTreeSet<Backend> = cfg
-            .servers
-            .iter()
+        let leaving = still_leaving(&list, leaving, now);
+        self.publish(Members::new(list, leaving));
+        if !added.is_empty() {
+            self.added.notify_one();
+        }
+        added
+    }
+
+    /// Retires leaving servers once every member is healthy or their drain time is over;
+    /// the health checker calls it after every round. Returns how many left.
+    pub fn retire_leaving(&self) -> usize {
+        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.shared.members.load_full();
+        if old.leaving.is_empty() {
+            return 0;
+        }
+        let leaving = still_leaving(&old.list, old.leaving.clone(), clock::now_ns());
+        let gone = old.leaving.len() - leaving.len();
+        if gone > 0 {
+            self.publish(Members::new(old.list.clone(), leaving));
+        }
+        gone
+    }
+
+    /// Publishes members, then the backend set the selector is built from.
+    fn publish(&self, members: Members) {
+        let set: BTreeSet<Backend> = members
+            .all()
             .map(|s| Backend {
-                addr: PSocketAddr::Inet(s.resolved),
-                weight: s.weight as usize,
+                addr: PSocketAddr::Inet(s.addr),
+                weight: s.weight() as usize,
                 ext: Default::default(),
             })
             .collect();
+        self.shared.members.store(Arc::new(members));
         self.discovered.store(Arc::new(set));
         // The discovery never waits, so the update completes on its first poll.
         match self.lb.update().now_or_never() {
@@ -255,7 +420,26 @@ impl Pool {
             Some(Err(e)) => tracing::error!(pool = %self.name, error = %e, "selector update failed"),
             None => tracing::error!(pool = %self.name, "selector update did not complete at once"),
         }
-        added
+    }
+
+    /// Counts a failure of `backend` and ejects it when that completes a run and the pool's
+    /// ejection cap allows it.
+    pub fn record_failure(&self, backend: &BackendStats, kind: Failure) -> Ejection {
+        let cfg = self.config.load();
+        let o = &cfg.outlier_detection;
+        if !backend.record_failure(kind, o) {
+            return Ejection::None;
+        }
+        let _e = self.eject_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = clock::now_ns();
+        let members = self.shared.members.load();
+        let ejected = members.list.iter().filter(|s| s.is_ejected(now)).count();
+        // Leaving servers are not counted and may always be ejected: they are on their way out.
+        if backend.membership() == Membership::Member && ejected >= o.max_ejected(members.list.len()) {
+            backend.ejection_refused();
+            return Ejection::Capped;
+        }
+        Ejection::Ejected(backend.eject(o, now))
     }
 
     pub fn config(&self) -> Arc<PoolConfig> {
@@ -267,7 +451,7 @@ impl Pool {
     }
 
     pub fn has_healthy(&self) -> bool {
-        self.shared.members.load().list.iter().any(|s| s.is_healthy())
+        self.shared.members.load().all().any(|s| s.is_healthy())
     }
 
     /// Chooses a backend, excluding those already tried by this request.
@@ -280,7 +464,7 @@ impl Pool {
         // A selector older than the member map may offer a server a reload just removed;
         // skip it once and choose again.
         for _ in 0..2 {
-            let max = self.shared.members.load().list.len() + 1;
+            let max = self.shared.members.load().by_addr.len() + 1;
             let b = self.lb.select_with(b"", max, |b, _ready| {
                 inet(b).is_some_and(|a| !tried.contains(&a) && !skip.contains(&a))
             })?;
@@ -292,6 +476,22 @@ impl Pool {
         }
         None
     }
+}
+
+/// The leaving servers that stay: none once every member is healthy, and each only until its
+/// drain time; those that go are marked gone.
+fn still_leaving(members: &[Arc<BackendStats>], leaving: Vec<Leaving>, now_ns: u64) -> Vec<Leaving> {
+    let replaced = members.iter().all(|s| s.is_healthy());
+    leaving
+        .into_iter()
+        .filter(|l| {
+            let stay = !replaced && now_ns < l.until_ns;
+            if !stay {
+                l.stats.set_membership(Membership::Gone);
+            }
+            stay
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -351,5 +551,133 @@ mod tests {
         for _ in 0..30 {
             assert_ne!(pool.select(&[]).expect("pick").addr, d);
         }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn picks(pool: &Pool, n: usize) -> BTreeSet<u16> {
+        (0..n).filter_map(|_| pool.select(&[])).map(|s| s.addr.port()).collect()
+    }
+
+    #[test]
+    fn ejection_is_capped_and_never_takes_the_last_server() {
+        let pool = Pool::new("p", &pool_cfg(THREE, "    strategy: round_robin\n"));
+        let members = pool.members();
+        let mut outcomes = Vec::new();
+        for s in &members.list {
+            for _ in 0..5 {
+                outcomes.push(pool.record_failure(s, Failure::Gateway5xx));
+            }
+        }
+        let ejected = outcomes.iter().filter(|o| matches!(o, Ejection::Ejected(_))).count();
+        assert_eq!(ejected, 1, "10 % of three servers: one may be ejected, {outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == Ejection::Capped).count(), 2);
+        assert_eq!(picks(&pool, 60).len(), 2, "the two that were not ejected keep serving");
+
+        let one = "      - { id: a, address: 127.0.0.1:9001 }\n";
+        let single = Pool::new("s", &pool_cfg(one, ""));
+        let a = single.members().list[0].clone();
+        for _ in 0..10 {
+            assert_eq!(single.record_failure(&a, Failure::Connect), Ejection::Capped);
+        }
+        assert!(!a.is_ejected(clock::now_ns()));
+    }
+
+    #[test]
+    fn application_500s_eject_nothing_by_default() {
+        let pool = Pool::new("p", &pool_cfg(THREE, ""));
+        let a = pool.members().list[0].clone();
+        for _ in 0..100 {
+            assert_eq!(pool.record_failure(&a, Failure::Status5xx), Ejection::None);
+        }
+        assert_eq!(picks(&pool, 60).len(), 3);
+    }
+
+    #[test]
+    fn below_the_panic_threshold_unhealthy_servers_take_traffic() {
+        let four = format!("{THREE}      - {{ id: d, address: 127.0.0.1:9004 }}\n");
+        let hc = "    health_check: { path: /health, interval_ms: 100, rise: 1, fall: 1 }\n";
+        let pool = Pool::new("p", &pool_cfg(&four, hc));
+        let list = pool.members().list.clone();
+        list[0].record_check(true, 1, 1);
+        for s in &list[1..] {
+            s.record_check(false, 1, 1);
+        }
+        let before = pool.shared.panic_total.get();
+        assert_eq!(
+            picks(&pool, 80).len(),
+            4,
+            "one of four healthy (< 50 %): panic routing over all four"
+        );
+        assert_eq!(
+            pool.shared.panic_total.get() - before,
+            80,
+            "every panic decision is counted"
+        );
+
+        let pool = Pool::new("q", &pool_cfg(&four, &format!("{hc}    panic_threshold_percent: 0\n")));
+        let list = pool.members().list.clone();
+        list[0].record_check(true, 1, 1);
+        for s in &list[1..] {
+            s.record_check(false, 1, 1);
+        }
+        assert_eq!(
+            picks(&pool, 40),
+            BTreeSet::from([9001]),
+            "threshold 0: healthy servers only"
+        );
+    }
+
+    #[test]
+    fn removed_servers_serve_until_their_replacements_are_healthy() {
+        let hc = "    health_check: { path: /health, interval_ms: 100 }\n";
+        let pool = Pool::new("p", &pool_cfg(THREE, hc));
+        for s in &pool.members().list {
+            s.record_check(true, 2, 2);
+        }
+        let new = "      - { id: x, address: 127.0.0.1:9101 }\n      - { id: y, address: 127.0.0.1:9102 }\n";
+        let added = pool.apply(&pool_cfg(new, hc));
+        assert_eq!(added.len(), 2);
+        assert_eq!(pool.members().leaving.len(), 3);
+        assert_eq!(
+            picks(&pool, 60),
+            BTreeSet::from([9001, 9002, 9003]),
+            "replacements pending: the old ones serve"
+        );
+        assert_eq!(pool.retire_leaving(), 0);
+        added[0].record_check(true, 2, 2);
+        assert_eq!(pool.retire_leaving(), 0, "one replacement still pending");
+        added[1].record_check(true, 2, 2);
+        assert_eq!(pool.retire_leaving(), 3);
+        assert_eq!(picks(&pool, 60), BTreeSet::from([9101, 9102]));
+        assert!(pool.members().get(&addr(9001)).is_none());
+
+        // With removed_drain_ms: 0 they leave at once, and pending replacements serve nothing.
+        let no_drain = format!("{hc}    removed_drain_ms: 0\n");
+        let pool = Pool::new("q", &pool_cfg(THREE, &no_drain));
+        for s in &pool.members().list {
+            s.record_check(true, 2, 2);
+        }
+        pool.apply(&pool_cfg(new, &no_drain));
+        assert!(pool.members().leaving.is_empty());
+        assert!(pool.select(&[]).is_none());
+    }
+
+    #[test]
+    fn a_removed_server_added_back_is_a_member_again() {
+        let hc = "    health_check: { path: /health, interval_ms: 100 }\n";
+        let pool = Pool::new("p", &pool_cfg(THREE, hc));
+        for s in &pool.members().list {
+            s.record_check(true, 2, 2);
+        }
+        let a = pool.members().list[0].clone();
+        let two = "      - { id: b, address: 127.0.0.1:9002 }\n      - { id: n, address: 127.0.0.1:9009 }\n";
+        pool.apply(&pool_cfg(two, hc));
+        assert!(a.is_leaving());
+        pool.apply(&pool_cfg(THREE, hc));
+        assert_eq!(a.membership(), Membership::Member);
+        assert!(Arc::ptr_eq(&a, &pool.members().list[0]), "live state kept");
     }
 }
