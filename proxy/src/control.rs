@@ -102,18 +102,15 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> Result<Applied, ConfigErrors
             version = current.version,
             "configuration unchanged"
         );
-        if current.last_reload.as_ref().is_some_and(|r| r.result == "error") {
-            // The files were mended back to the running version: say so.
-            let mut next = (*current).clone();
-            next.last_reload = Some(ReloadRecord {
-                at_unix_ms: unix_ms(),
-                trigger: trigger.as_str(),
-                result: "unchanged",
-                errors: Vec::new(),
-                restart_required: Vec::new(),
-            });
-            shared.config.store(Arc::new(next));
-        }
+        let mut next = (*current).clone();
+        next.last_reload = Some(ReloadRecord {
+            at_unix_ms: unix_ms(),
+            trigger: trigger.as_str(),
+            result: "unchanged",
+            errors: Vec::new(),
+            restart_required: Vec::new(),
+        });
+        shared.config.store(Arc::new(next));
         return Ok(Applied {
             version: current.version,
             hash: current.loaded.hash.clone(),

@@ -38,6 +38,14 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Two distinct loopback addresses with ports that were free a moment ago: both are held
+/// until both are chosen, so they cannot be the same port.
+pub fn free_addrs() -> [SocketAddr; 2] {
+    let a = TcpListener::bind("127.0.0.1:0").expect("free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("free port");
+    [a.local_addr().expect("addr"), b.local_addr().expect("addr")]
+}
+
 pub struct Server<'a> {
     pub id: &'a str,
     pub addr: SocketAddr,
@@ -112,8 +120,7 @@ impl Proxy {
     /// `setsid` or `taskset -c 0`), so the pid is still the proxy's.
     pub async fn start_under(wrapper: &[&str], upstreams_yaml: &str, main_extra: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let [addr, admin] = free_addrs();
         let main_path = dir.path().join("neurabalancer.yaml");
         let upstreams_path = dir.path().join("upstreams.yaml");
         let log_path = dir.path().join("proxy.log");
