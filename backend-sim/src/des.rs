@@ -35,16 +35,20 @@
 //!
 //! * The pool is the expanded fleet in file order, every weight 1. Selection is
 //!   `Pool::select`: the very same [`nb_strategy::pick`] over a [`Candidates`] view whose
-//!   eligible backends are healthy and not ejected, re-picking ("panic mode") with ejection
-//!   ignored when none is, skipping backends this request already tried, with one
-//!   [`nb_strategy::State`] and one seeded `SmallRng`. No backend left: the proxy answers 503.
+//!   eligible backends are healthy and not ejected, re-picking with ejection ignored when none
+//!   is; below `panic_threshold_percent` (50) healthy and non-ejected backends, every checked
+//!   backend is eligible, healthy or not (panic routing); skipping backends this request
+//!   already tried, with one [`nb_strategy::State`] and one seeded `SmallRng`. No backend
+//!   left: the proxy answers 503, or 502 when it tried one that failed.
 //! * The chosen backend's [`Load`] is tracked with an [`InflightGuard`] from the pick until
 //!   the response, the failure or the client's deadline; every backend response (any status)
 //!   feeds `Load::observe(latency of this attempt, now, decay)`.
-//! * Passive health mirrors `BackendStats::record_failure`: a connect failure (a `down`
-//!   backend) or a reset (a crash) counts against the backend, 5 consecutive 5xx or resets or
-//!   1 connect failure eject it for 1 s doubling per ejection up to 30 s; a non-5xx response
-//!   resets the counters. Connect failures and resets are retried at once on another backend,
+//! * Passive health mirrors `BackendStats::record_failure` and `Pool::record_failure`: a
+//!   connect failure (a `down` backend) or a reset (a crash) counts against the backend;
+//!   5 consecutive gateway failures (502/503/504 or resets; a 500 is not one) or 1 connect
+//!   failure eject it for 1 s doubling per ejection up to 30 s, unless `max_ejection_percent`
+//!   (10 %) of the pool is ejected already (one backend always may be, never the last); a
+//!   non-5xx response resets the counters. Connect failures and resets are retried at once on another backend,
 //!   at most `max_retries` (2) times; after that the proxy answers 502.
 //! * Active health checks run only when `scenario.pool` has a `health_check`: every
 //!   `interval_ms` from the start, a check passes exactly when the backend is up, with the
@@ -345,6 +349,8 @@ struct View<'a> {
     yielded: &'a [bool],
     now_ns: u64,
     ignore_ejection: bool,
+    /// Panic routing: unhealthy (but checked) backends are eligible too.
+    panic: bool,
 }
 
 impl Candidates for View<'_> {
@@ -359,7 +365,8 @@ impl Candidates for View<'_> {
     }
     fn eligible(&self, i: usize) -> bool {
         let p = &self.backends[i].passive;
-        !self.yielded[i] && p.is_healthy() && (self.ignore_ejection || !p.is_ejected(self.now_ns))
+        let health = if self.panic { p.is_checked() } else { p.is_healthy() };
+        !self.yielded[i] && health && (self.ignore_ejection || !p.is_ejected(self.now_ns))
     }
 }
 
@@ -629,7 +636,13 @@ impl Sim {
     fn dispatch(&mut self, slot: u32, now: u64) {
         loop {
             let Some(b) = self.select(slot, now) else {
-                self.finish(slot, now, Outcome::Proxy(503));
+                // As the proxy: 503 when no backend was eligible, else the last failure's 502.
+                let status = if self.reqs[slot as usize].tried.is_empty() {
+                    503
+                } else {
+                    502
+                };
+                self.finish(slot, now, Outcome::Proxy(status));
                 return;
             };
             self.next_token += 1;
@@ -668,12 +681,20 @@ impl Sim {
         self.yielded.clear();
         self.yielded.resize(n, false);
         let tried = &self.reqs[slot as usize].tried;
+        let threshold = self.settings.panic_threshold_percent as usize;
+        let healthy = self
+            .backends
+            .iter()
+            .filter(|b| b.passive.is_healthy() && !b.passive.is_ejected(now))
+            .count();
+        let panic = threshold > 0 && healthy * 100 < threshold * n;
         for _ in 0..=n {
             let mut view = View {
                 backends: &self.backends,
                 yielded: &self.yielded,
                 now_ns: now,
                 ignore_ejection: false,
+                panic,
             };
             let pick = strategy::pick(&self.params, &self.state, &view, now, &mut self.pick_rng).or_else(|| {
                 view.ignore_ejection = true;
@@ -718,11 +739,9 @@ impl Sim {
     /// `on_backend_error`: passive health, then whether to retry elsewhere (the request is
     /// idempotent and nothing reached the client).
     fn backend_error(&mut self, slot: u32, kind: Failure, now: u64) -> bool {
+        let b = self.reqs[slot as usize].at;
+        self.passive_failure(b, kind, now);
         let r = &mut self.reqs[slot as usize];
-        let b = r.at;
-        self.backends[b as usize]
-            .passive
-            .record_failure(kind, &self.settings.outlier_detection, now);
         r.guard = None;
         r.tried.push(b);
         r.state = St::Routing;
@@ -731,6 +750,23 @@ impl Sim {
             true
         } else {
             false
+        }
+    }
+
+    /// `Pool::record_failure`: counts the failure and ejects the backend when that completes
+    /// a run and fewer than `max_ejection_percent` of the pool are ejected.
+    fn passive_failure(&mut self, b: u32, kind: Failure, now: u64) {
+        let o = self.settings.outlier_detection;
+        if !self.backends[b as usize].passive.record_failure(kind, &o, now) {
+            return;
+        }
+        let ejected = self.backends.iter().filter(|x| x.passive.is_ejected(now)).count();
+        let cap = o.max_ejected(self.backends.len());
+        let be = &mut self.backends[b as usize].passive;
+        if ejected >= cap {
+            be.ejection_refused();
+        } else {
+            be.eject(&o, now);
         }
     }
 
@@ -814,11 +850,9 @@ impl Sim {
         let be = &mut self.backends[b as usize];
         be.load
             .observe(now.saturating_sub(r.attempt_ns) as f64, now, self.params.decay_ns);
-        if status >= 500 {
-            be.passive
-                .record_failure(Failure::Status5xx, &self.settings.outlier_detection, now);
-        } else {
-            be.passive.record_success(now);
+        match Failure::of_status(status) {
+            Some(kind) => self.passive_failure(b, kind, now),
+            None => self.backends[b as usize].passive.record_success(now),
         }
         self.finish(slot, now, Outcome::Backend(status, b));
     }
@@ -955,8 +989,7 @@ mod tests {
     fn the_proxy_view_hides_unhealthy_and_ejected_backends() {
         let s = scenario("name: t\nduration_s: 1\nload: { rate: 1 }\nfleet: [ { id: a, count: 3 } ]\n");
         let mut sim = Sim::new(&s, &ProxySettings::default(), StrategyKind::RoundRobin.into(), 1);
-        let o = OutlierDetection::default();
-        sim.backends[1].passive.record_failure(Failure::Connect, &o, 0);
+        sim.passive_failure(1, Failure::Connect, 0);
         let slot = {
             sim.reqs.push(Req {
                 rid: 1,
@@ -976,9 +1009,14 @@ mod tests {
         };
         let picks: Vec<u32> = (0..4).filter_map(|_| sim.select_classic(slot, 10)).collect();
         assert!(!picks.contains(&1), "{picks:?}");
-        // Panic mode: with everything ejected, ejected backends are picked anyway.
-        sim.backends[0].passive.record_failure(Failure::Connect, &o, 0);
-        sim.backends[2].passive.record_failure(Failure::Connect, &o, 0);
+        // The ejection cap (one of three) keeps the others in.
+        sim.passive_failure(0, Failure::Connect, 0);
+        sim.passive_failure(2, Failure::Connect, 0);
+        assert!(!sim.backends[0].passive.is_ejected(10) && !sim.backends[2].passive.is_ejected(10));
+        // With everything ejected (a cap of 100 %), ejected backends are picked anyway.
+        let o = OutlierDetection::default();
+        sim.backends[0].passive.eject(&o, 0);
+        sim.backends[2].passive.eject(&o, 0);
         assert!(sim.select_classic(slot, 10).is_some());
         // Tried backends are skipped.
         sim.reqs[0].tried = vec![0, 1, 2];

@@ -3,9 +3,9 @@
 //! exponential back-off).
 //!
 //! The health rules are a line-by-line mirror of `BackendStats::{record_check,
-//! record_success, record_failure}` in `proxy/src/upstream/backend.rs`, on the simulated
-//! clock instead of the proxy's; the defaults are those of `proxy/src/config/upstreams.rs`.
-//! Keep them in step.
+//! record_success, record_failure, eject}` in `proxy/src/upstream/backend.rs` (and of the
+//! ejection cap in `Pool::record_failure`), on the simulated clock instead of the proxy's; the
+//! defaults are those of `proxy/src/config/upstreams.rs`. Keep them in step.
 
 use serde::Deserialize;
 
@@ -24,6 +24,8 @@ pub struct ProxySettings {
     pub max_retries: u32,
     /// Peak-EWMA decay of `p2c_ewma`.
     pub ewma_decay_ms: u64,
+    /// Below this share of healthy, non-ejected backends, unhealthy ones are eligible too.
+    pub panic_threshold_percent: u32,
 }
 
 /// Active health checks of a pool. A check passes exactly when the backend is not `down`
@@ -43,10 +45,23 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct OutlierDetection {
+    /// 502, 503, 504 and resets in a row.
+    pub consecutive_gateway_failures: u32,
+    /// Any 5xx in a row (off by default).
     pub consecutive_5xx: u32,
     pub consecutive_connect_failures: u32,
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
+    /// At most this share of the pool ejected at once (one always may be, never the last).
+    pub max_ejection_percent: u32,
+}
+
+impl OutlierDetection {
+    /// How many of `n` backends may be ejected at once (`OutlierConfig::max_ejected`).
+    pub fn max_ejected(&self, n: usize) -> usize {
+        let share = n * self.max_ejection_percent as usize / 100;
+        share.max(1).min(n.saturating_sub(1))
+    }
 }
 
 /// The proxy's floor on the health check interval.
@@ -59,6 +74,7 @@ impl Default for ProxySettings {
             outlier_detection: OutlierDetection::default(),
             max_retries: 2,
             ewma_decay_ms: 10_000,
+            panic_threshold_percent: 50,
         }
     }
 }
@@ -76,10 +92,12 @@ impl Default for HealthCheck {
 impl Default for OutlierDetection {
     fn default() -> Self {
         OutlierDetection {
-            consecutive_5xx: 5,
+            consecutive_gateway_failures: 5,
+            consecutive_5xx: 0,
             consecutive_connect_failures: 1,
             base_ejection_ms: 1_000,
             max_ejection_ms: 30_000,
+            max_ejection_percent: 10,
         }
     }
 }
@@ -111,9 +129,23 @@ pub(super) enum Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Failure {
     Connect,
+    /// A 502, 503 or 504 from the backend.
+    Gateway5xx,
+    /// Any other 5xx.
     Status5xx,
     /// Reset after the request was sent.
     Transport,
+}
+
+impl Failure {
+    /// `Failure::of_status`: the failure a status stands for, `None` below 500.
+    pub(super) fn of_status(status: u16) -> Option<Failure> {
+        match status {
+            502..=504 => Some(Failure::Gateway5xx),
+            500..=599 => Some(Failure::Status5xx),
+            _ => None,
+        }
+    }
 }
 
 /// One backend's health as the proxy sees it (`BackendStats` minus load and metrics).
@@ -123,6 +155,7 @@ pub(super) struct Passive {
     check_passes: u32,
     check_fails: u32,
     consecutive_5xx: u32,
+    consecutive_gateway: u32,
     consecutive_connect: u32,
     ejected_until_ns: u64,
     ejections: u32,
@@ -135,6 +168,7 @@ impl Passive {
             check_passes: 0,
             check_fails: 0,
             consecutive_5xx: 0,
+            consecutive_gateway: 0,
             consecutive_connect: 0,
             ejected_until_ns: 0,
             ejections: 0,
@@ -143,6 +177,11 @@ impl Passive {
 
     pub(super) fn is_healthy(&self) -> bool {
         self.health == Health::Healthy
+    }
+
+    /// Checked at least once (pending backends are never picked, not even in panic).
+    pub(super) fn is_checked(&self) -> bool {
+        self.health != Health::Pending
     }
 
     pub(super) fn is_ejected(&self, now_ns: u64) -> bool {
@@ -166,6 +205,7 @@ impl Passive {
             self.check_fails = self.check_fails.saturating_add(1);
             match before {
                 Health::Healthy if self.check_fails >= fall => Health::Unhealthy,
+                Health::Pending => Health::Unhealthy,
                 h => h,
             }
         };
@@ -178,37 +218,51 @@ impl Passive {
         }
     }
 
+    fn reset_consecutive(&mut self) {
+        self.consecutive_5xx = 0;
+        self.consecutive_gateway = 0;
+        self.consecutive_connect = 0;
+    }
+
     /// A response with a non-5xx status.
     pub(super) fn record_success(&mut self, now_ns: u64) {
-        self.consecutive_5xx = 0;
-        self.consecutive_connect = 0;
+        self.reset_consecutive();
         if self.ejections != 0 && !self.is_ejected(now_ns) {
             self.ejections = 0;
         }
     }
 
-    /// A failure on real traffic; returns the ejection time in ms when it ejected.
-    pub(super) fn record_failure(&mut self, kind: Failure, o: &OutlierDetection, now_ns: u64) -> Option<u64> {
-        let (count, limit) = match kind {
-            Failure::Connect => {
-                self.consecutive_connect += 1;
-                (self.consecutive_connect, o.consecutive_connect_failures)
-            }
-            Failure::Status5xx | Failure::Transport => {
-                self.consecutive_5xx += 1;
-                (self.consecutive_5xx, o.consecutive_5xx)
-            }
-        };
-        if limit == 0 || count < limit || self.is_ejected(now_ns) {
-            return None;
+    /// A failure on real traffic; true when it completes a run that should eject the
+    /// backend (the caller applies the pool's ejection cap, then [`Passive::eject`]).
+    pub(super) fn record_failure(&mut self, kind: Failure, o: &OutlierDetection, now_ns: u64) -> bool {
+        fn hit(cell: &mut u32, limit: u32) -> bool {
+            *cell += 1;
+            limit != 0 && *cell >= limit
         }
-        self.consecutive_5xx = 0;
-        self.consecutive_connect = 0;
+        let tripped = match kind {
+            Failure::Connect => hit(&mut self.consecutive_connect, o.consecutive_connect_failures),
+            Failure::Gateway5xx | Failure::Transport => {
+                let gateway = hit(&mut self.consecutive_gateway, o.consecutive_gateway_failures);
+                hit(&mut self.consecutive_5xx, o.consecutive_5xx) | gateway
+            }
+            Failure::Status5xx => hit(&mut self.consecutive_5xx, o.consecutive_5xx),
+        };
+        tripped && !self.is_ejected(now_ns)
+    }
+
+    /// Ejects for the back-off of this ejection; returns it in ms.
+    pub(super) fn eject(&mut self, o: &OutlierDetection, now_ns: u64) -> u64 {
+        self.reset_consecutive();
         let n = self.ejections.min(16);
         self.ejections += 1;
         let ms = o.base_ejection_ms.saturating_mul(1u64 << n).min(o.max_ejection_ms);
-        self.ejected_until_ns = now_ns + ms * 1_000_000;
-        Some(ms)
+        self.ejected_until_ns = now_ns.saturating_add(ms.saturating_mul(1_000_000));
+        ms
+    }
+
+    /// A complete run refused by the ejection cap starts again.
+    pub(super) fn ejection_refused(&mut self) {
+        self.reset_consecutive();
     }
 }
 
@@ -220,34 +274,43 @@ mod tests {
     fn ejection_backs_off_and_caps_like_the_proxy() {
         let o = OutlierDetection {
             consecutive_5xx: 3,
-            consecutive_connect_failures: 1,
             base_ejection_ms: 100,
             max_ejection_ms: 250,
+            ..OutlierDetection::default()
         };
         let mut p = Passive::new(false);
-        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), None);
-        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), None);
-        assert_eq!(p.record_failure(Failure::Status5xx, &o, 0), Some(100));
+        assert!(!p.record_failure(Failure::Status5xx, &o, 0));
+        assert!(!p.record_failure(Failure::Status5xx, &o, 0));
+        assert!(p.record_failure(Failure::Status5xx, &o, 0));
+        assert_eq!(p.eject(&o, 0), 100);
         assert!(p.is_ejected(99_000_000) && !p.is_ejected(100_000_000));
-        // While ejected, failures do not extend it.
-        assert_eq!(p.record_failure(Failure::Connect, &o, 50_000_000), None);
-        assert_eq!(p.record_failure(Failure::Connect, &o, 200_000_000), Some(200));
-        assert_eq!(
-            p.record_failure(Failure::Connect, &o, 500_000_000),
-            Some(250),
-            "capped at max"
-        );
+        // While ejected, failures do not eject again.
+        assert!(!p.record_failure(Failure::Connect, &o, 50_000_000));
+        assert!(p.record_failure(Failure::Connect, &o, 200_000_000));
+        assert_eq!(p.eject(&o, 200_000_000), 200);
+        assert!(p.record_failure(Failure::Connect, &o, 500_000_000));
+        assert_eq!(p.eject(&o, 500_000_000), 250, "capped at max");
         // A success after the ejection ended resets the back-off.
         p.record_success(1_000_000_000);
-        assert_eq!(p.record_failure(Failure::Connect, &o, 1_000_000_000), Some(100));
+        assert!(p.record_failure(Failure::Connect, &o, 1_000_000_000));
+        assert_eq!(p.eject(&o, 1_000_000_000), 100);
+        // Application 500s alone never eject by default; gateway failures do.
+        let d = OutlierDetection::default();
+        let mut q = Passive::new(false);
+        for _ in 0..20 {
+            assert!(!q.record_failure(Failure::Status5xx, &d, 0));
+        }
+        for _ in 0..4 {
+            assert!(!q.record_failure(Failure::Gateway5xx, &d, 0));
+        }
+        assert!(q.record_failure(Failure::Transport, &d, 0));
+        assert_eq!((d.max_ejected(1), d.max_ejected(10), d.max_ejected(30)), (0, 1, 3));
     }
 
     #[test]
     fn checks_rise_and_fall() {
         let mut p = Passive::new(true);
         assert!(!p.is_healthy());
-        p.record_check(false, 2, 2);
-        assert_eq!(p.health, Health::Pending);
         p.record_check(true, 2, 2);
         assert!(p.is_healthy(), "pending becomes healthy on its first pass");
         p.record_check(false, 2, 2);
@@ -258,6 +321,14 @@ mod tests {
         assert_eq!(p.health, Health::Unhealthy);
         p.record_check(true, 2, 2);
         assert!(p.is_healthy());
+        let mut q = Passive::new(true);
+        q.record_check(false, 2, 2);
+        assert_eq!(
+            q.health,
+            Health::Unhealthy,
+            "a failed first check: unhealthy, not pending"
+        );
+        assert!(q.is_checked());
     }
 
     #[test]
