@@ -30,7 +30,11 @@ pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
 /// Containers get ~30 s between SIGTERM and SIGKILL; drain well inside that.
 pub const DEFAULT_GRACE_PERIOD_S: u64 = 20;
 pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
-pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/neurabalancer-upgrade.sock";
+/// File name of the upgrade socket inside the private runtime directory (see [`upgrade_sock`]).
+pub const UPGRADE_SOCK_NAME: &str = "upgrade.sock";
+/// Upper bound of every `*_ms` setting: one day. Larger values are typos, and the back-off
+/// arithmetic on them could overflow.
+pub const MAX_MS: u64 = 86_400_000;
 
 /// `neurabalancer.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,8 +176,9 @@ pub struct ServerSettings {
     /// Idle upstream connections kept per process.
     pub upstream_keepalive_pool_size: usize,
     /// Unix socket over which `run --upgrade` receives the listening sockets of the running
-    /// instance (after it gets SIGQUIT).
-    pub upgrade_sock: PathBuf,
+    /// instance (after it gets SIGQUIT). Unset: `upgrade.sock` in a private runtime directory
+    /// (see [`upgrade_sock`]).
+    pub upgrade_sock: Option<PathBuf>,
     /// Pass backends' ORCA `endpoint-load-metrics` headers on to clients (they are read
     /// either way, and removed by default: they describe the backend, not the response).
     pub forward_load_reports: bool,
@@ -184,7 +189,7 @@ impl Default for ServerSettings {
         ServerSettings {
             grace_period_s: DEFAULT_GRACE_PERIOD_S,
             upstream_keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
-            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            upgrade_sock: None,
             forward_load_reports: false,
         }
     }
@@ -218,10 +223,13 @@ impl MainConfig {
         if cfg.threads == 0 || cfg.threads > 256 {
             c.err("threads", "must be 1..=256");
         }
-        if cfg.admin.listen == cfg.listen {
+        if listeners_overlap(cfg.admin.listen, cfg.listen) {
             c.err(
                 "admin.listen",
-                "must differ from `listen`: the admin API never shares the proxy port",
+                format!(
+                    "overlaps `listen: {}`: the admin API never shares the proxy port (same port on the same or a wildcard address)",
+                    cfg.listen
+                ),
             );
         }
         if cfg.ml.refresh_ms == 0 {
@@ -230,10 +238,18 @@ impl MainConfig {
         if cfg.ml.timeout_ms == 0 {
             c.err("ml.timeout_ms", "must be positive");
         }
+        let st = &cfg.storage;
+        for (key, v) in [
+            ("ml.refresh_ms", cfg.ml.refresh_ms),
+            ("ml.timeout_ms", cfg.ml.timeout_ms),
+            ("storage.flush_interval_ms", st.flush_interval_ms),
+            ("storage.snapshot_interval_ms", st.snapshot_interval_ms),
+        ] {
+            check_max_ms(&mut c, key, v);
+        }
         if !(cfg.ml.endpoint.starts_with("http://") || cfg.ml.endpoint.starts_with("https://")) {
             c.err("ml.endpoint", "must be an http:// or https:// URL");
         }
-        let st = &cfg.storage;
         if st.batch_size == 0 {
             c.err("storage.batch_size", "must be at least 1");
         }
@@ -251,6 +267,96 @@ impl MainConfig {
         }
         c.finish(cfg)
     }
+}
+
+/// Reports a `*_ms` value above [`MAX_MS`].
+pub(crate) fn check_max_ms(c: &mut Collector<'_>, key: &str, v: u64) {
+    if v > MAX_MS {
+        c.err(key, format!("must be at most {MAX_MS} (one day)"));
+    }
+}
+
+/// Whether two listening addresses would compete for the same socket: the same port on the
+/// same IP, or on a wildcard address that covers the other one. A v4-mapped IPv6 address is
+/// the IPv4 address it maps, and `[::]` covers IPv4 too (Linux binds it dual-stack by
+/// default). Port 0 (any free port) never overlaps.
+pub fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (x, y) = (canon(a.ip()), canon(b.ip()));
+    let covers = |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
+    x == y || covers(x, y) || covers(y, x)
+}
+
+/// The private directory for runtime files such as the upgrade socket:
+/// `$XDG_RUNTIME_DIR/neurabalancer` when that variable holds an absolute path, else
+/// `/tmp/neurabalancer-<euid>`. Both the running process and the one started with
+/// `--upgrade` compute it the same way (same user, same environment).
+pub fn runtime_dir() -> Result<PathBuf, String> {
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if x.is_absolute() {
+            return Ok(x.join("neurabalancer"));
+        }
+    }
+    Ok(Path::new("/tmp").join(format!("neurabalancer-{}", euid()?)))
+}
+
+/// The effective user id, read as the owner of `/proc/self` (Linux gives a process's
+/// directory its effective uid), which needs no `unsafe` call.
+pub fn euid() -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| format!("cannot tell the effective user id from /proc/self: {e}"))
+}
+
+/// Creates `dir` with mode 0700 if it is missing, and accepts it only when it is a real
+/// directory (not a symlink) owned by the current user and closed to group and others:
+/// whoever can create files in it could bind the upgrade socket first and receive the
+/// listening sockets.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let shown = dir.display();
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {shown}: {e}")),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot inspect {shown}: {e}"))?;
+    if !m.is_dir() {
+        return Err(format!("{shown} is not a directory"));
+    }
+    let me = euid()?;
+    if m.uid() != me {
+        return Err(format!(
+            "{shown} is owned by uid {}, not by this user (uid {me})",
+            m.uid()
+        ));
+    }
+    let mode = m.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} has mode {mode:o}: it must not be accessible to group or others (chmod 700)"
+        ));
+    }
+    Ok(())
+}
+
+/// The upgrade socket: `server.upgrade_sock` when set, else `upgrade.sock` in the private
+/// [`runtime_dir`], which is created (0700) or checked here.
+pub fn upgrade_sock(s: &ServerSettings) -> Result<PathBuf, String> {
+    if let Some(p) = &s.upgrade_sock {
+        return Ok(p.clone());
+    }
+    let dir = runtime_dir()?;
+    ensure_private_dir(&dir)?;
+    Ok(dir.join(UPGRADE_SOCK_NAME))
 }
 
 /// Both files, loaded and validated together, with their raw text's digest.
@@ -313,6 +419,89 @@ mod tests {
         assert_eq!(c.upstreams_file, Path::new("/etc/nb/up.yaml"));
         assert_eq!(c.ml.fallback, StrategyKind::P2cEwma);
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    }
+
+    fn main_errs(text: &str) -> Vec<String> {
+        match MainConfig::parse("m.yaml", text, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn overlapping_listeners_are_an_error() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("127.0.0.1:80", "0.0.0.0:80"),
+            ("[::1]:80", "[::]:80"),
+            ("127.0.0.1:80", "[::]:80"),
+            ("0.0.0.0:80", "[::]:80"),
+            ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+        ] {
+            assert!(listeners_overlap(a(x), a(y)), "{x} {y}");
+            assert!(listeners_overlap(a(y), a(x)), "{y} {x}");
+        }
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:81"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("[::1]:80", "0.0.0.0:80"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(!listeners_overlap(a(x), a(y)), "{x} {y}");
+        }
+        let e = main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nadmin:\n  listen: 0.0.0.0:8080\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("m.yaml:4: admin.listen: overlaps"), "{e:?}");
+    }
+
+    #[test]
+    fn ms_values_are_bounded() {
+        let e = main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n  refresh_ms: 86400001\nstorage:\n  flush_interval_ms: 18446744073709551615\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:4: ml.refresh_ms: must be at most 86400000"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("m.yaml:6: storage.flush_interval_ms: must be at most"),
+            "{e:?}"
+        );
+        assert!(main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n  refresh_ms: 86400000\n").is_empty());
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_open_ones_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("fresh");
+        ensure_private_dir(&fresh).expect("created");
+        let mode = std::fs::metadata(&fresh).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // Idempotent: the next start (or the `--upgrade` process) accepts it.
+        ensure_private_dir(&fresh).expect("accepted again");
+
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = ensure_private_dir(&open).expect_err("0777 refused");
+        assert!(e.contains("mode 777"), "{e}");
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        assert!(ensure_private_dir(&file).is_err());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).expect("symlink");
+        assert!(ensure_private_dir(&link).is_err(), "a symlink is not followed");
+    }
+
+    #[test]
+    fn explicit_upgrade_sock_wins() {
+        let s = ServerSettings {
+            upgrade_sock: Some(PathBuf::from("/run/x.sock")),
+            ..ServerSettings::default()
+        };
+        assert_eq!(upgrade_sock(&s).expect("path"), Path::new("/run/x.sock"));
     }
 
     #[test]
