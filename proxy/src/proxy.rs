@@ -302,6 +302,12 @@ impl ProxyHttp for Proxy {
         on_backend_error(ctx, e, Failure::Transport, retryable)
     }
 
+    /// Pingora's own log lines about a request (e.g. `Fail to proxy: ConnectRefused ...`)
+    /// end with this; the request id ties them to the client's answer and the record.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        format!("{}, request_id: {}", session.as_ref().request_summary(), ctx.request_id)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_status(e);
         if code > 0 {

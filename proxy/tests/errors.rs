@@ -136,6 +136,15 @@ async fn a_refused_connection_in_a_one_server_pool_gets_502() {
     let rec = record(&proxy, &id).await;
     assert_eq!(rec["error"], "ConnectRefused", "{rec}");
     assert_eq!(rec["status"], 502);
+    // The log line of the failed request names the cause too.
+    let logged = eventually(Duration::from_secs(5), || async {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("ConnectRefused"))
+    })
+    .await;
+    assert!(logged.is_some(), "log:\n{}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

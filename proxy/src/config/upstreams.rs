@@ -287,7 +287,7 @@ impl UpstreamsConfig {
             // Host names compare case-insensitively, so differently-cased hosts collide too.
             match seen.entry((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
                 Entry::Occupied(e) => c.err(
-                    format!("{at}"),
+                    at.clone(),
                     format!(
                         "duplicate of routes.{} (same host `{}` and path_prefix `{}`): only the first would ever match",
                         e.get(),
