@@ -165,6 +165,34 @@ async fn a_backend_slower_than_read_ms_gets_504() {
     assert_eq!(rec["error"], "ReadTimedout", "{rec}");
 }
 
+/// A listener whose accept queue is full: Linux drops further SYNs, so connecting to it
+/// times out. Returns the address and the connections that fill the queue.
+async fn unresponsive_listener() -> (SocketAddr, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let l = sock.listen(1).expect("listen");
+    let addr = l.local_addr().expect("addr");
+    let mut fill = Vec::new();
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fill.push(s),
+            _ => return (addr, l, fill),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_gets_504() {
+    let (addr, _listener, _fill) = unresponsive_listener().await;
+    let proxy = Proxy::start_with(&one_server(addr, "    timeouts: { connect_ms: 200 }\n"), RECORDING, &[]).await;
+    let r = raw_get(proxy.addr, "/stuck").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    let id = request_id_of(&r);
+    let rec = record(&proxy, &id).await;
+    assert_eq!(rec["error"], "ConnectTimedout", "{rec}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_without_an_eligible_server_gets_503() {
     // Actively checked against a dead port: the server never passes, so it is never eligible
