@@ -81,6 +81,17 @@ fn token_matches(given: &[u8], want: &[u8]) -> bool {
     given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme name is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` are accepted too.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
 impl Admin {
     fn authorized(&self, s: &ServerSession) -> bool {
         let Some(token) = &self.shared.admin_token else {
@@ -89,7 +100,7 @@ impl Admin {
         s.req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer_token(v.as_bytes()))
             .is_some_and(|t| token_matches(t, token.as_bytes()))
     }
 
@@ -212,12 +223,27 @@ impl ServeHttp for Admin {
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::{bearer_token, token_matches};
 
     #[test]
     fn token_comparison() {
         assert!(token_matches(b"secret", b"secret"));
         assert!(!token_matches(b"secreT", b"secret"));
         assert!(!token_matches(b"secret1", b"secret"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let ok = |v: &[u8]| bearer_token(v).is_some_and(|t| token_matches(t, b"secret"));
+        assert!(ok(b"Bearer secret"));
+        assert!(ok(b"bearer secret"));
+        assert!(ok(b"BEARER secret"));
+        assert!(ok(b"bEaReR   secret"));
+        assert!(!ok(b"Bearer wrong"));
+        assert!(!ok(b"bearer wrong"));
+        assert!(!ok(b"Basic secret"));
+        assert!(!ok(b"Bearersecret"));
+        assert!(!ok(b"Bearer "));
+        assert!(!ok(b"secret"));
     }
 }

@@ -4,11 +4,12 @@
 //! |---|---|
 //! | `new_ctx` | counts the request in flight for graceful shutdown |
 //! | `request_filter` | request id; route by Host and path to a pool (404 when none) |
-//! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones (503 when none); its in-flight guard starts |
+//! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones; when none: 503 if no server was tried, else the last failure (502/504); its in-flight guard starts |
 //! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in |
 //! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); the backend's ORCA load report read (and removed); hop-by-hop out |
 //! | `response_filter` | `X-Request-Id` echoed to the client; `Connection: close` while draining |
-//! | `fail_to_connect` / `error_while_proxy` | passive health; retry on another backend, capped by the pool's `max_retries` |
+//! | `fail_to_connect` / `error_while_proxy` | passive health; the failure is kept as the request's cause; retry on another backend, capped by the pool's `max_retries` |
+//! | `fail_to_proxy` | the proxy's own error response: 502 upstream failure, 504 upstream timeout, 503 no eligible server, 400 bad request; JSON body and `X-Request-Id` |
 //! | `logging` | metrics and the request record, once per request, success or failure |
 
 use std::net::SocketAddr;
@@ -20,8 +21,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock;
 use crate::features::Features;
@@ -75,6 +77,9 @@ pub struct Ctx {
     backend_guard: Option<InflightGuard>,
     tried: Vec<SocketAddr>,
     retries: u32,
+    /// The last backend failure of this request (`ConnectRefused`, `ReadTimedout`, ...): the
+    /// answer and the recorded cause when no other backend is left to retry on.
+    last_failure: Option<ErrorType>,
     /// When the current backend was chosen (clock ns), for its latency sample.
     sent_at_ns: u64,
     response_started: bool,
@@ -118,6 +123,7 @@ fn on_backend_error(ctx: &mut Ctx, mut e: Box<Error>, kind: Failure, retryable: 
     let (Some(pool), Some(backend)) = (ctx.pool.clone(), ctx.backend.take()) else {
         return e;
     };
+    ctx.last_failure = Some(e.etype().clone());
     record_failure(&pool, &backend, kind);
     let cfg = pool.config();
     ctx.backend_guard = None;
@@ -146,6 +152,7 @@ impl ProxyHttp for Proxy {
             backend_guard: None,
             tried: Vec::new(),
             retries: 0,
+            last_failure: None,
             sent_at_ns: 0,
             response_started: false,
             rec: self.shared.recorder.is_on().then(|| RecordCtx {
@@ -195,10 +202,7 @@ impl ProxyHttp for Proxy {
             return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
         };
         let Some(backend) = pool.select(&ctx.tried) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("pool {}: no healthy backend", pool.name),
-            ));
+            return Err(no_backend(&pool.name, ctx.last_failure.as_ref()));
         };
         let cfg = pool.config();
         let t = &cfg.timeouts;
@@ -304,6 +308,31 @@ impl ProxyHttp for Proxy {
         on_backend_error(ctx, e, Failure::Transport, retryable)
     }
 
+    /// Pingora's own log lines about a request (e.g. `Fail to proxy: ConnectRefused ...`)
+    /// end with this; the request id ties them to the client's answer and the record.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        format!("{}, request_id: {}", session.as_ref().request_summary(), ctx.request_id)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = error_status(e);
+        if code > 0 {
+            if ctx.request_id.is_empty() {
+                // The request failed before `request_filter` gave it an id.
+                ctx.request_id = headers::new_request_id();
+            }
+            let cause = cause(e, ctx.last_failure.as_ref());
+            if let Err(we) = respond_error(session, code, &ctx.request_id, cause).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %we, "cannot send the error response");
+            }
+        }
+        // The request may have been read only in part: never reuse the connection.
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.backend_guard = None;
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
@@ -318,8 +347,9 @@ impl ProxyHttp for Proxy {
         m.duration
             .with_label_values(&[pool, backend])
             .observe(ctx.start.elapsed().as_secs_f64());
+        let cause = e.map(|e| cause(e, ctx.last_failure.as_ref()));
         if let Some(e) = e {
-            tracing::debug!(request_id = %ctx.request_id, pool, backend, status, error = %e, "request failed");
+            tracing::debug!(request_id = %ctx.request_id, pool, backend, status, cause, error = %e, "request failed");
         }
         if let Some(rec) = ctx.rec.take() {
             self.shared.recorder.record(RequestRecord {
@@ -332,7 +362,7 @@ impl ProxyHttp for Proxy {
                 backend_address: ctx.backend.as_ref().map(|b| b.addr_text.clone()),
                 method,
                 status,
-                error: e.map(|e| e.etype().as_str()),
+                error: cause,
                 latency_us: ctx.start.elapsed().as_micros() as i64,
                 upstream_latency_us: rec.upstream_latency_us,
                 request_bytes: session.body_bytes_read() as i64,
@@ -344,6 +374,65 @@ impl ProxyHttp for Proxy {
             });
         }
     }
+}
+
+/// The error when a pool offers no backend. After a failed attempt this is that failure
+/// (the client learns it was a 502/504, not that the pool is empty); only a request that
+/// found no eligible server at all gets a 503.
+fn no_backend(pool: &str, last_failure: Option<&ErrorType>) -> Box<Error> {
+    match last_failure {
+        Some(etype) => Error::explain(
+            etype.clone(),
+            format!("pool {pool}: no other eligible backend to retry on"),
+        )
+        .into_up(),
+        None => Error::explain(NO_ELIGIBLE_BACKEND, format!("pool {pool}: no eligible backend")),
+    }
+}
+
+/// No server of the pool could take the request (all unhealthy, ejected or draining) and
+/// none was tried: the one case answered with 503.
+const NO_ELIGIBLE_BACKEND: ErrorType = ErrorType::Custom("NoEligibleBackend");
+
+/// The status of the proxy's own answer to a failed request; 0 when the client is gone.
+fn error_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => *code,
+        (t, _) if *t == NO_ELIGIBLE_BACKEND => 503,
+        (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, ErrorSource::Upstream) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+    }
+}
+
+/// The name of what went wrong, for the request record and the log: the error's type, or
+/// for a bare status (`HTTPStatus`) the backend failure behind it when there was one.
+fn cause(e: &Error, last_failure: Option<&ErrorType>) -> &'static str {
+    match (e.etype(), last_failure) {
+        (ErrorType::HTTPStatus(_), Some(f)) => f.as_str(),
+        (t, _) => t.as_str(),
+    }
+}
+
+/// Writes the proxy's own error response (unless a response has already begun): a small
+/// JSON body naming the cause, and the request id so the client can quote it.
+async fn respond_error(session: &mut Session, status: u16, request_id: &str, cause: &str) -> Result<()> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("error");
+    let body = Bytes::from(
+        serde_json::json!({ "error": reason.to_ascii_lowercase(), "cause": cause, "request_id": request_id })
+            .to_string(),
+    );
+    let mut resp = pingora::protocols::http::ServerSession::generate_error(status);
+    resp.set_content_length(body.len())?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(headers::X_REQUEST_ID, request_id)?;
+    session.as_downstream_mut().write_error_response(resp, body).await
 }
 
 async fn respond_json(session: &mut Session, status: u16, request_id: &str, msg: &str) -> Result<()> {

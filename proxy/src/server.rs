@@ -31,6 +31,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("upgrade socket: {0} (or set server.upgrade_sock)")]
+    UpgradeSock(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +96,44 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Fails early with a clear message when a port is taken, instead of a panic deep inside
-/// Pingora's listener setup.
-fn probe_listen(addr: SocketAddr, what: &'static str) -> Result<(), StartError> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|source| StartError::Listen { addr, what, source })
+/// Fails early with a clear message when an address cannot be bound, instead of a panic
+/// deep inside Pingora's listener setup. All addresses are held at once, so two of ours that
+/// collide (which `check` also rejects) fail here too; they are released just before Pingora
+/// binds them, and [`exit_on_listener_failure`] covers whoever takes one in between.
+fn probe_listen(addrs: &[(SocketAddr, &'static str)]) -> Result<(), StartError> {
+    let mut held = Vec::with_capacity(addrs.len());
+    for &(addr, what) in addrs {
+        held.push(TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, what, source })?);
+    }
+    Ok(())
+}
+
+/// Whether a panic is Pingora failing to bind a service's listeners
+/// (`services/listening.rs`: `.expect("Failed to build listeners")`).
+fn is_listener_failure(msg: &str, file: &str) -> bool {
+    msg.starts_with("Failed to build listeners") && file.contains("pingora-core") && file.ends_with("listening.rs")
+}
+
+/// Pingora binds each service's listeners inside that service's thread and panics there
+/// when it cannot; the other services would keep running, leaving a process that looks alive
+/// but does not serve. This hook turns exactly that panic into an exit with status 1; every
+/// other panic (a request handler's included) goes to the previous hook as before.
+fn exit_on_listener_failure() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let file = info.location().map(|l| l.file()).unwrap_or("");
+        if is_listener_failure(msg, file) {
+            eprintln!("cannot listen, exiting: {msg}");
+            std::process::exit(1);
+        }
+        previous(info);
+    }));
 }
 
 /// `neurabalancer run`: loads the configuration, then serves until a signal ends the process.
@@ -108,9 +142,9 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
     init_tracing(loaded.main.telemetry.log_format);
     let m = loaded.main.clone();
     if !upgrade {
-        probe_listen(m.listen, "proxy listener")?;
-        probe_listen(m.admin.listen, "admin listener")?;
+        probe_listen(&[(m.listen, "proxy listener"), (m.admin.listen, "admin listener")])?;
     }
+    let upgrade_sock = config::upgrade_sock(&m.server).map_err(StartError::UpgradeSock)?;
     let token = std::env::var(&m.admin.token_env).ok().filter(|t| !t.is_empty());
     let (recorder, store) = crate::store::build(&m.storage)?;
     let shared = Shared::new(loaded, token, recorder);
@@ -120,7 +154,7 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         grace_period_seconds: Some(m.server.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_S),
         upstream_keepalive_pool_size: m.server.upstream_keepalive_pool_size,
-        upgrade_sock: m.server.upgrade_sock.display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -153,6 +187,7 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         store.attach(shared.clone());
         server.add_service(background_service("store", store));
     }
+    exit_on_listener_failure();
     tracing::info!(
         listen = %m.listen,
         admin = %m.admin.listen,
@@ -161,4 +196,36 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         "neurabalancer starting"
     );
     server.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pingoras_listener_panic_is_recognised() {
+        let file = "/root/.cargo/registry/src/index/pingora-core-0.9.1/src/services/listening.rs";
+        assert!(is_listener_failure(
+            "Failed to build listeners: BindError context: bind() failed on 127.0.0.1:1",
+            file
+        ));
+        assert!(!is_listener_failure(
+            "Failed to build listeners: x",
+            "proxy/src/proxy.rs"
+        ));
+        assert!(!is_listener_failure("index out of bounds", file));
+    }
+
+    #[test]
+    fn probe_holds_every_address_at_once() {
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = held.local_addr().expect("addr");
+        let e = probe_listen(&[(taken, "proxy listener")]).expect_err("taken");
+        let msg = e.to_string();
+        assert!(msg.contains(&taken.to_string()) && msg.contains("os error"), "{msg}");
+        drop(held);
+        // Free, but named twice: the second bind meets the first.
+        let e = probe_listen(&[(taken, "proxy listener"), (taken, "admin listener")]).expect_err("twice");
+        assert!(e.to_string().contains("admin listener"), "{e}");
+    }
 }

@@ -15,7 +15,7 @@ const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf");
 const BROKEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken");
 
 /// The kinds of broken example the acceptance names; each must have a directory.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 13] = [
     "health-check-host",
     "syntax",
     "unknown-key",
@@ -24,6 +24,11 @@ const KINDS: [&str; 8] = [
     "empty-pool",
     "missing-pool",
     "main-file-unknown-key",
+    "listen-overlap",
+    "route-host-port",
+    "duplicate-route",
+    "ms-overflow",
+    "url-address",
 ];
 
 fn check(config: &Path) -> Output {

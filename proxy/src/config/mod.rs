@@ -6,6 +6,7 @@
 
 mod error;
 mod lines;
+mod runtime;
 pub mod upstreams;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use runtime::{ensure_private_dir, euid, runtime_dir, upgrade_sock};
 pub use upstreams::{HealthCheckConfig, OutlierConfig, PoolConfig, RouteConfig, ServerConfig, UpstreamsConfig};
 
 use crate::strategy::StrategyKind;
@@ -30,7 +32,11 @@ pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
 /// Containers get ~30 s between SIGTERM and SIGKILL; drain well inside that.
 pub const DEFAULT_GRACE_PERIOD_S: u64 = 20;
 pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 256;
-pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/neurabalancer-upgrade.sock";
+/// File name of the upgrade socket inside the private runtime directory (see [`upgrade_sock`]).
+pub const UPGRADE_SOCK_NAME: &str = "upgrade.sock";
+/// Upper bound of every `*_ms` setting: one day. Larger values are typos, and the back-off
+/// arithmetic on them could overflow.
+pub const MAX_MS: u64 = 86_400_000;
 
 /// `neurabalancer.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,8 +178,9 @@ pub struct ServerSettings {
     /// Idle upstream connections kept per process.
     pub upstream_keepalive_pool_size: usize,
     /// Unix socket over which `run --upgrade` receives the listening sockets of the running
-    /// instance (after it gets SIGQUIT).
-    pub upgrade_sock: PathBuf,
+    /// instance (after it gets SIGQUIT). Unset: `upgrade.sock` in a private runtime directory
+    /// (see [`upgrade_sock`]).
+    pub upgrade_sock: Option<PathBuf>,
     /// Pass backends' ORCA `endpoint-load-metrics` headers on to clients (they are read
     /// either way, and removed by default: they describe the backend, not the response).
     pub forward_load_reports: bool,
@@ -184,7 +191,7 @@ impl Default for ServerSettings {
         ServerSettings {
             grace_period_s: DEFAULT_GRACE_PERIOD_S,
             upstream_keepalive_pool_size: DEFAULT_KEEPALIVE_POOL_SIZE,
-            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            upgrade_sock: None,
             forward_load_reports: false,
         }
     }
@@ -218,10 +225,13 @@ impl MainConfig {
         if cfg.threads == 0 || cfg.threads > 256 {
             c.err("threads", "must be 1..=256");
         }
-        if cfg.admin.listen == cfg.listen {
+        if listeners_overlap(cfg.admin.listen, cfg.listen) {
             c.err(
                 "admin.listen",
-                "must differ from `listen`: the admin API never shares the proxy port",
+                format!(
+                    "overlaps `listen: {}`: the admin API never shares the proxy port (same port on the same or a wildcard address)",
+                    cfg.listen
+                ),
             );
         }
         if cfg.ml.refresh_ms == 0 {
@@ -230,10 +240,18 @@ impl MainConfig {
         if cfg.ml.timeout_ms == 0 {
             c.err("ml.timeout_ms", "must be positive");
         }
+        let st = &cfg.storage;
+        for (key, v) in [
+            ("ml.refresh_ms", cfg.ml.refresh_ms),
+            ("ml.timeout_ms", cfg.ml.timeout_ms),
+            ("storage.flush_interval_ms", st.flush_interval_ms),
+            ("storage.snapshot_interval_ms", st.snapshot_interval_ms),
+        ] {
+            check_max_ms(&mut c, key, v);
+        }
         if !(cfg.ml.endpoint.starts_with("http://") || cfg.ml.endpoint.starts_with("https://")) {
             c.err("ml.endpoint", "must be an http:// or https:// URL");
         }
-        let st = &cfg.storage;
         if st.batch_size == 0 {
             c.err("storage.batch_size", "must be at least 1");
         }
@@ -251,6 +269,31 @@ impl MainConfig {
         }
         c.finish(cfg)
     }
+}
+
+/// Reports a `*_ms` value above [`MAX_MS`].
+pub(crate) fn check_max_ms(c: &mut Collector<'_>, key: &str, v: u64) {
+    if v > MAX_MS {
+        c.err(key, format!("must be at most {MAX_MS} (one day)"));
+    }
+}
+
+/// Whether two listening addresses would compete for the same socket: the same port on the
+/// same IP, or on a wildcard address that covers the other one. A v4-mapped IPv6 address is
+/// the IPv4 address it maps, and `[::]` covers IPv4 too (Linux binds it dual-stack by
+/// default). Port 0 (any free port) never overlaps.
+pub fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (x, y) = (canon(a.ip()), canon(b.ip()));
+    let covers = |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
+    x == y || covers(x, y) || covers(y, x)
 }
 
 /// Both files, loaded and validated together, with their raw text's digest.
@@ -313,6 +356,55 @@ mod tests {
         assert_eq!(c.upstreams_file, Path::new("/etc/nb/up.yaml"));
         assert_eq!(c.ml.fallback, StrategyKind::P2cEwma);
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    }
+
+    fn main_errs(text: &str) -> Vec<String> {
+        match MainConfig::parse("m.yaml", text, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn overlapping_listeners_are_an_error() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("127.0.0.1:80", "0.0.0.0:80"),
+            ("[::1]:80", "[::]:80"),
+            ("127.0.0.1:80", "[::]:80"),
+            ("0.0.0.0:80", "[::]:80"),
+            ("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+        ] {
+            assert!(listeners_overlap(a(x), a(y)), "{x} {y}");
+            assert!(listeners_overlap(a(y), a(x)), "{y} {x}");
+        }
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:81"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("[::1]:80", "0.0.0.0:80"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(!listeners_overlap(a(x), a(y)), "{x} {y}");
+        }
+        let e = main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nadmin:\n  listen: 0.0.0.0:8080\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("m.yaml:4: admin.listen: overlaps"), "{e:?}");
+    }
+
+    #[test]
+    fn ms_values_are_bounded() {
+        let e = main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n  refresh_ms: 86400001\nstorage:\n  flush_interval_ms: 18446744073709551615\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:4: ml.refresh_ms: must be at most 86400000"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("m.yaml:6: storage.flush_interval_ms: must be at most"),
+            "{e:?}"
+        );
+        assert!(main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n  refresh_ms: 86400000\n").is_empty());
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! `upstreams.yaml`: pools of servers, their strategy and health checks, and the routes that
 //! lead to them. Hot-reloaded; a file that fails any check is rejected whole.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::check_max_ms;
 use super::error::{yaml_error, Collector, ConfigErrors};
 use crate::strategy::StrategyKind;
 
@@ -264,6 +266,16 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Ok(a);
     }
+    // A URL would otherwise reach the resolver as a host name and fail with a puzzling
+    // "Name or service not known".
+    if address.contains("://") {
+        return Err(format!(
+            "`{address}` is a URL: write host:port without a scheme (servers are spoken to in plain HTTP)"
+        ));
+    }
+    if address.contains('/') {
+        return Err(format!("`{address}` has a path: write host:port only"));
+    }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("`{address}` is not host:port"));
     };
@@ -305,6 +317,8 @@ impl UpstreamsConfig {
         if self.routes.is_empty() {
             c.err("routes", "at least one route is required");
         }
+        // (host, path_prefix) -> index of the first route with it.
+        let mut seen: HashMap<(String, &str), usize> = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes.{i}");
             if !self.pools.contains_key(&r.pool) {
@@ -318,6 +332,28 @@ impl UpstreamsConfig {
                 || (r.host.contains('*') && r.host != "*" && !r.host.starts_with("*."))
             {
                 c.err(format!("{at}.host"), "must be `*`, a host name or `*.domain`");
+            } else if r.host.contains(':') {
+                // Routing compares the Host header without its port, so this route could
+                // never match.
+                c.err(
+                    format!("{at}.host"),
+                    "must not include a port: routes match the host name only (ports are ignored)",
+                );
+            }
+            // Host names compare case-insensitively, so differently-cased hosts collide too.
+            match seen.entry((r.host.to_ascii_lowercase(), r.path_prefix.as_str())) {
+                Entry::Occupied(e) => c.err(
+                    at.clone(),
+                    format!(
+                        "duplicate of routes.{} (same host `{}` and path_prefix `{}`): only the first would ever match",
+                        e.get(),
+                        r.host,
+                        r.path_prefix
+                    ),
+                ),
+                Entry::Vacant(v) => {
+                    v.insert(i);
+                }
             }
         }
     }
@@ -384,6 +420,8 @@ impl PoolConfig {
             if hc.timeout_ms == 0 {
                 c.err(format!("{h}.timeout_ms"), "must be positive");
             }
+            check_max_ms(c, &format!("{h}.interval_ms"), hc.interval_ms);
+            check_max_ms(c, &format!("{h}.timeout_ms"), hc.timeout_ms);
             if hc.rise == 0 {
                 c.err(format!("{h}.rise"), "must be at least 1");
             }
@@ -401,6 +439,7 @@ impl PoolConfig {
             if v == 0 {
                 c.err(format!("{at}.timeouts.{k}"), "must be positive");
             }
+            check_max_ms(c, &format!("{at}.timeouts.{k}"), v);
         }
         let o = &self.outlier_detection;
         if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
@@ -424,9 +463,16 @@ impl PoolConfig {
                 format!("must be at most {MAX_REMOVED_DRAIN_MS} (one hour)"),
             );
         }
+        check_max_ms(
+            c,
+            &format!("{at}.outlier_detection.base_ejection_ms"),
+            o.base_ejection_ms,
+        );
+        check_max_ms(c, &format!("{at}.outlier_detection.max_ejection_ms"), o.max_ejection_ms);
         if self.ewma_decay_ms == 0 {
             c.err(format!("{at}.ewma_decay_ms"), "must be positive");
         }
+        check_max_ms(c, &format!("{at}.ewma_decay_ms"), self.ewma_decay_ms);
         if self.max_retries > 10 {
             c.err(format!("{at}.max_retries"), "must be 0..=10");
         }
@@ -440,6 +486,7 @@ impl PoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_MS;
 
     const GOOD: &str = "pools:\n  api:\n    strategy: round_robin\n    servers:\n      - { id: a, address: 127.0.0.1:8001 }\n      - { id: b, address: 127.0.0.1:8002, weight: 2 }\nroutes:\n  - { host: \"*\", path_prefix: /, pool: api }\n";
 
@@ -551,6 +598,63 @@ mod tests {
             ..o
         };
         assert_eq!(all.max_ejected(4), 3);
+    }
+
+    #[test]
+    fn route_hosts_with_ports_and_duplicate_routes_are_errors() {
+        let e = errs(&GOOD.replace("host: \"*\"", "host: \"h.example:28080\""));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("u.yaml:8: routes.0.host: must not include a port"),
+            "{e:?}"
+        );
+
+        let text = format!("{GOOD}  - {{ host: \"*\", path_prefix: /, pool: api }}\n");
+        let e = errs(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("u.yaml:9: routes.1: duplicate of routes.0"), "{e:?}");
+        // Same prefix on another host, or another prefix on the same host, is fine.
+        let text = format!("{GOOD}  - {{ host: a.example, path_prefix: /, pool: api }}\n  - {{ host: \"*\", path_prefix: /v2, pool: api }}\n");
+        assert!(errs(&text).is_empty());
+    }
+
+    #[test]
+    fn ms_values_are_bounded_to_a_day() {
+        let over = MAX_MS + 1;
+        let cases = [
+            ("timeouts:\n      read_ms: X\n", "pools.api.timeouts.read_ms"),
+            ("ewma_decay_ms: X\n", "pools.api.ewma_decay_ms"),
+            (
+                "health_check:\n      interval_ms: X\n",
+                "pools.api.health_check.interval_ms",
+            ),
+            (
+                "outlier_detection:\n      max_ejection_ms: X\n",
+                "pools.api.outlier_detection.max_ejection_ms",
+            ),
+        ];
+        for (extra, key) in cases {
+            for v in [over.to_string(), u64::MAX.to_string()] {
+                let text = GOOD.replace("    servers:", &format!("    {}    servers:", extra.replace('X', &v)));
+                let e = errs(&text);
+                assert_eq!(e.len(), 1, "{e:?}");
+                assert!(e[0].contains(&format!("{key}: must be at most {MAX_MS}")), "{e:?}");
+            }
+            let text = GOOD.replace(
+                "    servers:",
+                &format!("    {}    servers:", extra.replace('X', &MAX_MS.to_string())),
+            );
+            assert!(errs(&text).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn urls_as_server_addresses_name_the_mistake() {
+        let e = errs(&GOOD.replace("127.0.0.1:8002", "http://127.0.0.1:8002"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("without a scheme"), "{e:?}");
+        let e = errs(&GOOD.replace("127.0.0.1:8002", "127.0.0.1:8002/api"));
+        assert!(e[0].contains("write host:port only"), "{e:?}");
     }
 
     #[test]
