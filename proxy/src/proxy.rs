@@ -12,6 +12,7 @@
 //! | `fail_to_connect` / `error_while_proxy` | passive health; retry on another backend, capped by the pool's `max_retries` |
 //! | `logging` | metrics and the request record, once per request, success or failure |
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -213,10 +214,18 @@ impl ProxyHttp for Proxy {
         ctx.peer_trusted = headers::peer_trusted(peer, trusted);
         ctx.client_ip = headers::client_ip(req, peer, trusted);
         ctx.request_id = headers::request_id(req, ctx.peer_trusted || self.http.request_id == RequestIdMode::Keep);
+        if let Some(rec) = &mut ctx.rec {
+            rec.trace_id = req
+                .headers
+                .get(headers::TRACEPARENT)
+                .and_then(|v| headers::trace_id(v.as_bytes()));
+        }
+        // The router and the backend must see one path: the normalised one replaces the
+        // request's, so what was routed is what goes upstream.
         if self.http.normalize_path {
             match path::normalize(req.uri.path(), &self.path_options) {
-                Ok(std::borrow::Cow::Borrowed(_)) => {}
-                Ok(std::borrow::Cow::Owned(p)) => {
+                Ok(Cow::Borrowed(_)) => {}
+                Ok(Cow::Owned(p)) => {
                     let uri = with_path(&req.uri, &p)?;
                     session.req_header_mut().set_uri(uri);
                 }
@@ -233,12 +242,6 @@ impl ProxyHttp for Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host())
             .unwrap_or("");
-        if let Some(rec) = &mut ctx.rec {
-            rec.trace_id = req
-                .headers
-                .get(headers::TRACEPARENT)
-                .and_then(|v| headers::trace_id(v.as_bytes()));
-        }
         let upstreams = self.shared.upstreams.load();
         match upstreams.route(host, req.uri.path()) {
             Some(route) => {

@@ -15,7 +15,7 @@ const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf");
 const BROKEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken");
 
 /// The kinds of broken example the acceptance names; each must have a directory.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "syntax",
     "unknown-key",
     "bad-address",
@@ -23,6 +23,7 @@ const KINDS: [&str; 7] = [
     "empty-pool",
     "missing-pool",
     "main-file-unknown-key",
+    "bad-trusted-proxy",
 ];
 
 fn check(config: &Path) -> Output {

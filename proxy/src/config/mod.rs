@@ -199,7 +199,11 @@ impl Default for ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Peers (IPs or CIDRs) whose `X-Forwarded-*` and `X-Request-Id` are believed. Default
-    /// none, as Envoy: every client could write them.
+    /// none, as Envoy: every client could write them. As written in the file; `parse` turns
+    /// it into `trusted_proxies`, so that each bad entry is an error at its own line.
+    #[serde(rename = "trusted_proxies")]
+    pub trusted_proxies_text: Vec<String>,
+    #[serde(skip)]
     pub trusted_proxies: Vec<Cidr>,
     pub request_id: RequestIdMode,
     /// Route and forward the normalised path (see `path.rs`); false: the raw path.
@@ -212,6 +216,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
+            trusted_proxies_text: Vec::new(),
             trusted_proxies: Vec::new(),
             request_id: RequestIdMode::Generate,
             normalize_path: true,
@@ -339,6 +344,14 @@ impl MainConfig {
         if cfg.server.grace_period_s == 0 {
             c.err("server.grace_period_s", "must be at least 1");
         }
+        let mut nets = Vec::new();
+        for (i, text) in cfg.http.trusted_proxies_text.iter().enumerate() {
+            match text.parse::<Cidr>() {
+                Ok(n) => nets.push(n),
+                Err(e) => c.err(format!("http.trusted_proxies.{i}"), e),
+            }
+        }
+        cfg.http.trusted_proxies = nets;
         let t = &cfg.http.client_timeouts;
         for (key, v) in [
             ("header_read_ms", t.header_read_ms),
@@ -444,14 +457,14 @@ mod tests {
 
         let e = MainConfig::parse(
             "m.yaml",
-            "listen: 0.0.0.0:8080\nupstreams_file: u\nhttp:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nhttp:\n  trusted_proxies:\n    - 10.0.0.0/33\n    - 10.0.0.0/8\n    - example.com\n",
             Path::new("."),
         )
         .expect_err("bad cidr");
-        assert!(
-            e.to_string()
-                .starts_with("m.yaml:4: http.trusted_proxies: `10.0.0.0/33`: prefix length must be 0..=32"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "m.yaml:5: http.trusted_proxies.0: `10.0.0.0/33`: prefix length must be 0..=32\n\
+             m.yaml:7: http.trusted_proxies.2: `example.com` is not an IP address or CIDR (10.0.0.0/8, ::1)"
         );
 
         let e = MainConfig::parse(
