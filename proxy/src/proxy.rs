@@ -387,8 +387,8 @@ impl ProxyHttp for Proxy {
             .with_label_values(&[pool, backend])
             .observe(ctx.start.elapsed().as_secs_f64());
         if let Some(e) = e {
-            let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-            tracing::debug!(request_id = %ctx.request_id, client = %client, pool, backend, status, error = %e, "request failed");
+            let client = ctx.client_ip.map(tracing::field::display);
+            tracing::debug!(request_id = %ctx.request_id, client, pool, backend, status, error = %e, "request failed");
         }
         if let Some(rec) = ctx.rec.take() {
             self.shared.recorder.record(RequestRecord {
