@@ -67,6 +67,7 @@ fn restart_only_changes(old: &MainConfig, new: &MainConfig) -> Vec<String> {
     check("telemetry", old.telemetry != new.telemetry);
     check("storage", old.storage != new.storage);
     check("ml", old.ml != new.ml);
+    check("http", old.http != new.http);
     out
 }
 

@@ -1,9 +1,18 @@
 //! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1), the
 //! `X-Forwarded-*` family and request ids.
+//!
+//! One trust rule governs everything a client could forge (as Envoy's trusted CIDRs): only a
+//! peer in `http.trusted_proxies` is believed about `X-Forwarded-*` and `X-Request-Id`; from
+//! any other peer they are replaced. The client address derived here ([`client_ip`]) is
+//! computed once per request and is the one every consumer (logs, records) uses.
+
+use std::net::IpAddr;
 
 use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use rand::Rng;
+
+use crate::cidr::{self, Cidr};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -79,7 +88,6 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     );
 }
 
-/// A client-sent request id is kept when it is short printable ASCII; otherwise we make one.
 pub const TRACEPARENT: &str = "traceparent";
 
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`); `None`
@@ -99,6 +107,7 @@ pub fn trace_id(v: &[u8]) -> Option<String> {
     valid.then(|| trace.to_string())
 }
 
+/// A client-sent request id is kept (when trusted) if it is short printable ASCII.
 pub fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
 }
@@ -119,19 +128,96 @@ pub fn new_request_id() -> String {
     )
 }
 
-/// Appends the client address to `X-Forwarded-For` (keeping what earlier proxies wrote) and
-/// sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, proto: &str) -> pingora::Result<()> {
-    if let Some(ip) = client_ip {
-        let xff = match req.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{}, {ip}", prev.trim()),
-            _ => ip.to_string(),
+/// The `X-Forwarded-For` entries of a request, left to right: every header line, split on
+/// commas, trimmed, empty entries dropped.
+fn forwarded_for(req: &RequestHeader) -> Vec<&str> {
+    req.headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// An `X-Forwarded-For` entry as an address: `1.2.3.4`, `::1`, or with a port
+/// (`1.2.3.4:80`, `[::1]:80`).
+fn entry_ip(e: &str) -> Option<IpAddr> {
+    e.parse::<IpAddr>()
+        .ok()
+        .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(cidr::canonical)
+}
+
+/// The address of the client a request is for: the peer itself unless it is a trusted proxy;
+/// then `X-Forwarded-For` walked from the right past trusted addresses, to the first
+/// untrusted one (the leftmost when all are trusted). An entry that is not an address ends
+/// the walk at the hop that passed it on: nothing left of it can be believed.
+pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer.map(cidr::canonical)?;
+    if !cidr::any_contains(trusted, peer) {
+        return Some(peer);
+    }
+    let mut last = peer;
+    for e in forwarded_for(req).iter().rev() {
+        let Some(ip) = entry_ip(e) else {
+            return Some(last);
         };
+        if !cidr::any_contains(trusted, ip) {
+            return Some(ip);
+        }
+        last = ip;
+    }
+    Some(last)
+}
+
+/// Whether the peer is one of `trusted` (a peer that is not on IP, such as a Unix socket,
+/// never is).
+pub fn peer_trusted(peer: Option<IpAddr>, trusted: &[Cidr]) -> bool {
+    peer.is_some_and(|p| cidr::any_contains(trusted, p))
+}
+
+/// The request id to use: a valid one the client sent when `keep` says so, else a new one.
+pub fn request_id(req: &RequestHeader, keep: bool) -> String {
+    match req.headers.get(X_REQUEST_ID) {
+        Some(v) if keep && valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        _ => new_request_id(),
+    }
+}
+
+/// Sets the forwarding headers of a request going upstream. From a trusted proxy, what it
+/// wrote is kept: `X-Forwarded-For` gets the peer appended (all its lines joined, in order),
+/// `X-Forwarded-Host`/`-Proto` are set only when absent. From anyone else, what the client
+/// wrote is replaced: `X-Forwarded-For` is the peer, `X-Forwarded-Host` the `Host`,
+/// `X-Forwarded-Proto` the listener's scheme.
+pub fn set_forwarded(req: &mut RequestHeader, peer: Option<IpAddr>, trusted: bool, proto: &str) -> pingora::Result<()> {
+    let prev = if trusted {
+        forwarded_for(req).join(", ")
+    } else {
+        String::new()
+    };
+    req.remove_header(X_FORWARDED_FOR);
+    let xff = match (peer.map(cidr::canonical), prev.is_empty()) {
+        (Some(ip), true) => Some(ip.to_string()),
+        (Some(ip), false) => Some(format!("{prev}, {ip}")),
+        (None, false) => Some(prev),
+        (None, true) => None,
+    };
+    if let Some(xff) = xff {
         req.insert_header(X_FORWARDED_FOR, xff)?;
     }
-    req.insert_header(X_FORWARDED_PROTO, proto)?;
-    if req.headers.get(X_FORWARDED_HOST).is_none() {
-        if let Some(host) = req.headers.get(http::header::HOST).cloned() {
+    if !trusted || req.headers.get(X_FORWARDED_PROTO).is_none() {
+        req.insert_header(X_FORWARDED_PROTO, proto)?;
+    }
+    if !trusted || req.headers.get(X_FORWARDED_HOST).is_none() {
+        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+        req.remove_header(X_FORWARDED_HOST);
+        if let Some(host) = host {
             req.insert_header(HeaderName::from_static(X_FORWARDED_HOST), host)?;
         }
     }
@@ -178,13 +264,106 @@ mod tests {
         assert_eq!(req.headers.get("x-kept").expect("kept"), "yes");
     }
 
-    #[test]
-    fn forwarded_for_appends() {
+    fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).expect("req");
-        req.insert_header("x-forwarded-for", "10.0.0.1").expect("hdr");
-        set_forwarded(&mut req, Some("127.0.0.1".parse().expect("ip")), "http").expect("set");
-        assert_eq!(req.headers.get("x-forwarded-for").expect("xff"), "10.0.0.1, 127.0.0.1");
-        assert_eq!(req.headers.get("x-forwarded-proto").expect("proto"), "http");
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).expect("hdr");
+        }
+        req
+    }
+
+    fn all(req: &RequestHeader, name: &str) -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn nets(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|s| s.parse().expect("cidr")).collect()
+    }
+
+    #[test]
+    fn untrusted_peers_forwarding_headers_are_replaced() {
+        let mut req = req_with(&[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut req, Some(ip("203.0.113.7")), false, "http").expect("set");
+        assert_eq!(all(&req, "x-forwarded-for"), ["203.0.113.7"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["shop.example"]);
+        assert_eq!(all(&req, "x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn trusted_peers_forwarding_headers_are_kept_and_appended() {
+        let mut req = req_with(&[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+            ("x-forwarded-host", "www.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut req, Some(ip("10.0.0.1")), true, "http").expect("set");
+        assert_eq!(all(&req, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["www.example"]);
+        assert_eq!(all(&req, "x-forwarded-proto"), ["https"]);
+        // Absent ones are set.
+        let mut req = req_with(&[("host", "shop.example")]);
+        set_forwarded(&mut req, Some(ip("10.0.0.1")), true, "http").expect("set");
+        assert_eq!(all(&req, "x-forwarded-for"), ["10.0.0.1"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["shop.example"]);
+        assert_eq!(all(&req, "x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn client_ip_walks_forwarded_for_from_the_right_past_trusted_hops() {
+        let trusted = nets(&["10.0.0.0/8", "::1"]);
+        let xff = |v: &str| req_with(&[("x-forwarded-for", v)]);
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_ip(&xff("1.1.1.1"), Some(ip("203.0.113.7")), &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        // A trusted peer: the first untrusted entry from the right.
+        let r = xff("6.6.6.6, 1.1.1.1, 10.0.0.2");
+        assert_eq!(client_ip(&r, Some(ip("10.0.0.1")), &trusted), Some(ip("1.1.1.1")));
+        assert_eq!(client_ip(&r, Some(ip("::1")), &trusted), Some(ip("1.1.1.1")));
+        // All trusted: the leftmost.
+        let r = xff("10.9.9.9, 10.0.0.2");
+        assert_eq!(client_ip(&r, Some(ip("10.0.0.1")), &trusted), Some(ip("10.9.9.9")));
+        // No header: the peer.
+        assert_eq!(
+            client_ip(&req_with(&[]), Some(ip("10.0.0.1")), &trusted),
+            Some(ip("10.0.0.1"))
+        );
+        // Several lines are one list; ports and brackets are understood.
+        let r = req_with(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "[2001:db8::1]:443, 10.0.0.3:80"),
+        ]);
+        assert_eq!(client_ip(&r, Some(ip("10.0.0.1")), &trusted), Some(ip("2001:db8::1")));
+        // Garbage stops the walk at the hop that passed it on.
+        let r = xff("1.1.1.1, unknown, 10.0.0.2");
+        assert_eq!(client_ip(&r, Some(ip("10.0.0.1")), &trusted), Some(ip("10.0.0.2")));
+        assert_eq!(client_ip(&r, None, &trusted), None);
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_asked_and_valid() {
+        let r = req_with(&[("x-request-id", "client-42")]);
+        assert_eq!(request_id(&r, true), "client-42");
+        assert_ne!(request_id(&r, false), "client-42");
+        let bad = req_with(&[("x-request-id", "has space")]);
+        assert_eq!(request_id(&bad, true).len(), 36);
     }
 
     #[test]

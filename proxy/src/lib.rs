@@ -3,19 +3,23 @@
 //!
 //! Layout: [`config`] (typed files), [`strategy`] (pure selection algorithms),
 //! [`upstream`] (pools, live backend state, Pingora `BackendSelection`), [`proxy`] (the
-//! `ProxyHttp` phases), [`health`] (active checks), [`control`] (reloads, drain),
-//! [`admin`] (admin API), [`metrics`], [`store`] (request records to PostgreSQL and
+//! `ProxyHttp` phases), [`downstream`] (client connections and their timeouts),
+//! [`headers`], [`path`] and [`cidr`] (what the proxy believes of a request), [`health`]
+//! (active checks), [`control`] (reloads, drain), [`admin`] (admin API), [`metrics`], [`store`] (request records to PostgreSQL and
 //! JSONL), [`features`] (what a decision sees), [`server`] (assembly).
 
 pub mod admin;
+pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod downstream;
 pub mod features;
 pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod orca;
+pub mod path;
 pub mod proxy;
 pub mod server;
 pub mod state;

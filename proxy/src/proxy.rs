@@ -3,16 +3,18 @@
 //! | phase | what happens here |
 //! |---|---|
 //! | `new_ctx` | counts the request in flight for graceful shutdown |
-//! | `request_filter` | request id; route by Host and path to a pool (404 when none) |
+//! | `early_request_filter` | the client timeouts for the body and the response (`http.client_timeouts`) |
+//! | `request_filter` | peer trust, client address and request id; path normalised (400 when invalid); route by Host and path to a pool (404 when none) |
 //! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones; when none: 503 if no server was tried, else the last failure (502/504); its in-flight guard starts |
-//! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in |
+//! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` (by the trust rule of `headers.rs`) and `X-Request-Id` in |
 //! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); the backend's ORCA load report read (and removed); hop-by-hop out |
 //! | `response_filter` | `X-Request-Id` echoed to the client; `Connection: close` while draining |
 //! | `fail_to_connect` / `error_while_proxy` | passive health; the failure is kept as the request's cause; retry on another backend, capped by the pool's `max_retries` |
 //! | `fail_to_proxy` | the proxy's own error response: 502 upstream failure, 504 upstream timeout, 503 no eligible server, 400 bad request; JSON body and `X-Request-Id` |
 //! | `logging` | metrics and the request record, once per request, success or failure |
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +28,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::clock;
+use crate::config::{HttpConfig, RequestIdMode};
 use crate::features::Features;
 use crate::headers;
 use crate::metrics::{self, metrics};
 use crate::orca;
+use crate::path::{self, PathOptions};
 use crate::state::Shared;
 use crate::store::record::now_unix_us;
 use crate::store::RequestRecord;
@@ -40,16 +44,54 @@ pub struct Proxy {
     shared: Arc<Shared>,
     /// `server.forward_load_reports`: a main-file key, so fixed until restart.
     forward_load_reports: bool,
+    /// `http`: a main-file section, so fixed until restart.
+    http: HttpConfig,
+    path_options: PathOptions,
+    body_read: Duration,
+    send: Duration,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let forward_load_reports = shared.config.load().loaded.main.server.forward_load_reports;
+        let main = shared.config.load().loaded.main.clone();
+        let http = main.http;
+        let t = http.client_timeouts;
         Proxy {
             shared,
-            forward_load_reports,
+            forward_load_reports: main.server.forward_load_reports,
+            path_options: PathOptions {
+                merge_slashes: http.merge_slashes,
+                escaped_slashes: http.escaped_slashes,
+            },
+            body_read: Duration::from_millis(t.body_read_ms),
+            send: Duration::from_millis(t.send_ms),
+            http,
         }
     }
+}
+
+/// `X-Forwarded-Proto` of a request: the scheme of the listener it came in on. Taken from the
+/// connection (a TLS listener's connections carry an SSL digest), so a TLS listener gets
+/// `https` without a change here.
+fn listener_proto(session: &Session) -> &'static str {
+    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        Some(_) => "https",
+        None => "http",
+    }
+}
+
+/// `uri` with its path replaced and its query kept byte for byte.
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "normalised path", e))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| Error::because(ErrorType::InternalError, "normalised uri", e))
 }
 
 /// Counts a request in the process-wide in-flight total until dropped.
@@ -71,6 +113,11 @@ impl Drop for RequestGuard {
 pub struct Ctx {
     start: Instant,
     request_id: String,
+    /// The client's address by the trust rule (`headers::client_ip`), set once in
+    /// `request_filter` for every consumer; `None` for peers not on IP.
+    client_ip: Option<IpAddr>,
+    /// Whether the peer is one of `http.trusted_proxies`.
+    peer_trusted: bool,
     pool: Option<Arc<Pool>>,
     backend: Option<Arc<BackendStats>>,
     /// Dropped when the request ends or moves to another backend.
@@ -147,6 +194,8 @@ impl ProxyHttp for Proxy {
         Ctx {
             start: Instant::now(),
             request_id: String::new(),
+            client_ip: None,
+            peer_trusted: false,
             pool: None,
             backend: None,
             backend_guard: None,
@@ -163,24 +212,49 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The header is read (under `header_read_ms`, see `downstream.rs`); from here on,
+        // reads are of the body and writes of the response.
+        session.set_read_timeout(Some(self.body_read));
+        session.set_write_timeout(Some(self.send));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = &self.http.trusted_proxies;
         let req = session.req_header();
-        ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
-            Some(v) if headers::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            _ => headers::new_request_id(),
-        };
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
-            .unwrap_or("");
+        ctx.peer_trusted = headers::peer_trusted(peer, trusted);
+        ctx.client_ip = headers::client_ip(req, peer, trusted);
+        ctx.request_id = headers::request_id(req, ctx.peer_trusted || self.http.request_id == RequestIdMode::Keep);
         if let Some(rec) = &mut ctx.rec {
             rec.trace_id = req
                 .headers
                 .get(headers::TRACEPARENT)
                 .and_then(|v| headers::trace_id(v.as_bytes()));
         }
+        // The router and the backend must see one path: the normalised one replaces the
+        // request's, so what was routed is what goes upstream.
+        if self.http.normalize_path {
+            match path::normalize(req.uri.path(), &self.path_options) {
+                Ok(Cow::Borrowed(_)) => {}
+                Ok(Cow::Owned(p)) => {
+                    let uri = with_path(&req.uri, &p)?;
+                    session.req_header_mut().set_uri(uri);
+                }
+                Err(e) => {
+                    respond_json(session, 400, &ctx.request_id, &e.to_string()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
         let upstreams = self.shared.upstreams.load();
         match upstreams.route(host, req.uri.path()) {
             Some(route) => {
@@ -231,8 +305,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream);
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        headers::set_forwarded(upstream, client_ip, "http")?;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        headers::set_forwarded(upstream, peer, ctx.peer_trusted, listener_proto(session))?;
         upstream.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
@@ -349,7 +423,8 @@ impl ProxyHttp for Proxy {
             .observe(ctx.start.elapsed().as_secs_f64());
         let cause = e.map(|e| cause(e, ctx.last_failure.as_ref()));
         if let Some(e) = e {
-            tracing::debug!(request_id = %ctx.request_id, pool, backend, status, cause, error = %e, "request failed");
+            let client = ctx.client_ip.map(tracing::field::display);
+            tracing::debug!(request_id = %ctx.request_id, client, pool, backend, status, cause, error = %e, "request failed");
         }
         if let Some(rec) = ctx.rec.take() {
             self.shared.recorder.record(RequestRecord {

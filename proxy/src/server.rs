@@ -164,8 +164,12 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, Proxy::new(shared.clone()), "proxy");
+    let mut proxy = crate::downstream::proxy_service(
+        &server.configuration,
+        Proxy::new(shared.clone()),
+        &m.http.client_timeouts,
+        "proxy",
+    );
     proxy.add_tcp(&m.listen.to_string());
 
     let mut admin = Service::new("admin".to_string(), Admin::new(shared.clone()));

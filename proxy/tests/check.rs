@@ -15,7 +15,7 @@ const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf");
 const BROKEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken");
 
 /// The kinds of broken example the acceptance names; each must have a directory.
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "health-check-host",
     "syntax",
     "unknown-key",
@@ -29,6 +29,7 @@ const KINDS: [&str; 13] = [
     "duplicate-route",
     "ms-overflow",
     "url-address",
+    "bad-trusted-proxy",
 ];
 
 fn check(config: &Path) -> Output {

@@ -19,6 +19,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use runtime::{ensure_private_dir, euid, runtime_dir, upgrade_sock};
 pub use upstreams::{HealthCheckConfig, OutlierConfig, PoolConfig, RouteConfig, ServerConfig, UpstreamsConfig};
 
+use crate::cidr::Cidr;
 use crate::strategy::StrategyKind;
 use error::{file_error, yaml_error, Collector};
 
@@ -58,6 +59,8 @@ pub struct MainConfig {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub server: ServerSettings,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +200,98 @@ impl Default for ServerSettings {
     }
 }
 
+/// How the proxy treats what clients send: whom it believes about forwarding headers, how the
+/// path is normalised before routing, and how long it waits on a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-*` and `X-Request-Id` are believed. Default
+    /// none, as Envoy: every client could write them. As written in the file; `parse` turns
+    /// it into `trusted_proxies`, so that each bad entry is an error at its own line.
+    #[serde(rename = "trusted_proxies")]
+    pub trusted_proxies_text: Vec<String>,
+    #[serde(skip)]
+    pub trusted_proxies: Vec<Cidr>,
+    pub request_id: RequestIdMode,
+    /// Route and forward the normalised path (see `path.rs`); false: the raw path.
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: EscapedSlashes,
+    pub client_timeouts: ClientTimeouts,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            trusted_proxies_text: Vec::new(),
+            trusted_proxies: Vec::new(),
+            request_id: RequestIdMode::Generate,
+            normalize_path: true,
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashes::Reject,
+            client_timeouts: ClientTimeouts::default(),
+        }
+    }
+}
+
+/// Whose `X-Request-Id` is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestIdMode {
+    /// Kept from trusted proxies only; every other request gets a new id.
+    #[default]
+    Generate,
+    /// A valid client id is kept from any peer.
+    Keep,
+}
+
+/// `%2F` (and `%5C`, `\`) in a path, which backends may read as a separator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// 400: the safest, and Envoy's recommendation.
+    #[default]
+    Reject,
+    /// Left encoded: opaque to routing and dot-segment removal.
+    Keep,
+    /// Become `/` before dot segments are resolved (as nginx does).
+    Decode,
+}
+
+/// nginx's client-side timeouts, with nginx's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTimeouts {
+    /// `client_header_timeout`: the longest wait for the first byte of a new connection's
+    /// request and between reads of a request header.
+    pub header_read_ms: u64,
+    /// `client_body_timeout`: the longest wait between two reads of a request body.
+    pub body_read_ms: u64,
+    /// `send_timeout`: the longest a write to the client may wait (a client that stops
+    /// reading).
+    pub send_ms: u64,
+    /// `keepalive_timeout`: how long an idle keep-alive connection waits for its next request.
+    pub keepalive_ms: u64,
+}
+
+pub const DEFAULT_HEADER_READ_MS: u64 = 60_000;
+pub const DEFAULT_BODY_READ_MS: u64 = 60_000;
+pub const DEFAULT_SEND_MS: u64 = 60_000;
+pub const DEFAULT_KEEPALIVE_MS: u64 = 75_000;
+/// Upper bound of every client timeout: one day.
+pub const MAX_CLIENT_TIMEOUT_MS: u64 = 86_400_000;
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            header_read_ms: DEFAULT_HEADER_READ_MS,
+            body_read_ms: DEFAULT_BODY_READ_MS,
+            send_ms: DEFAULT_SEND_MS,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
+        }
+    }
+}
+
 fn default_threads() -> usize {
     DEFAULT_THREADS
 }
@@ -266,6 +361,34 @@ impl MainConfig {
         }
         if cfg.server.grace_period_s == 0 {
             c.err("server.grace_period_s", "must be at least 1");
+        }
+        let mut nets = Vec::new();
+        for (i, text) in cfg.http.trusted_proxies_text.iter().enumerate() {
+            match text.parse::<Cidr>() {
+                Ok(n) => nets.push(n),
+                Err(e) => c.err(format!("http.trusted_proxies.{i}"), e),
+            }
+        }
+        cfg.http.trusted_proxies = nets;
+        let t = &cfg.http.client_timeouts;
+        for (key, v) in [
+            ("header_read_ms", t.header_read_ms),
+            ("body_read_ms", t.body_read_ms),
+            ("send_ms", t.send_ms),
+            ("keepalive_ms", t.keepalive_ms),
+        ] {
+            if !(1..=MAX_CLIENT_TIMEOUT_MS).contains(&v) {
+                c.err(
+                    format!("http.client_timeouts.{key}"),
+                    format!("must be 1..={MAX_CLIENT_TIMEOUT_MS}"),
+                );
+            }
+        }
+        if !cfg.http.normalize_path && (cfg.http.merge_slashes || cfg.http.escaped_slashes != EscapedSlashes::Reject) {
+            c.err(
+                "http.normalize_path",
+                "is false, so merge_slashes and escaped_slashes would have no effect",
+            );
         }
         c.finish(cfg)
     }
@@ -356,6 +479,51 @@ mod tests {
         assert_eq!(c.upstreams_file, Path::new("/etc/nb/up.yaml"));
         assert_eq!(c.ml.fallback, StrategyKind::P2cEwma);
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
+        assert_eq!(c.http, HttpConfig::default());
+        assert!(c.http.normalize_path && c.http.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn http_section_parses_and_every_bad_value_is_reported() {
+        let c = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nhttp:\n  trusted_proxies: [10.0.0.0/8, \"::1\"]\n  request_id: keep\n  merge_slashes: true\n  escaped_slashes: decode\n  client_timeouts: { header_read_ms: 300 }\n",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert!(c.http.trusted_proxies[1].contains("::1".parse().expect("ip")));
+        assert_eq!(c.http.request_id, RequestIdMode::Keep);
+        assert_eq!(c.http.escaped_slashes, EscapedSlashes::Decode);
+        assert_eq!(c.http.client_timeouts.header_read_ms, 300);
+        assert_eq!(c.http.client_timeouts.keepalive_ms, DEFAULT_KEEPALIVE_MS);
+
+        let e = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nhttp:\n  trusted_proxies:\n    - 10.0.0.0/33\n    - 10.0.0.0/8\n    - example.com\n",
+            Path::new("."),
+        )
+        .expect_err("bad cidr");
+        assert_eq!(
+            e.to_string(),
+            "m.yaml:5: http.trusted_proxies.0: `10.0.0.0/33`: prefix length must be 0..=32\n\
+             m.yaml:7: http.trusted_proxies.2: `example.com` is not an IP address or CIDR (10.0.0.0/8, ::1)"
+        );
+
+        let e = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nhttp:\n  normalize_path: false\n  escaped_slashes: keep\n  client_timeouts:\n    send_ms: 0\n    keepalive_ms: 86400001\n",
+            Path::new("."),
+        )
+        .expect_err("bad values");
+        let text = e.to_string();
+        assert_eq!(e.0.len(), 3, "{text}");
+        assert!(
+            text.contains("m.yaml:7: http.client_timeouts.send_ms: must be 1..=86400000"),
+            "{text}"
+        );
+        assert!(text.contains("m.yaml:8: http.client_timeouts.keepalive_ms: "), "{text}");
+        assert!(text.contains("m.yaml:4: http.normalize_path: "), "{text}");
     }
 
     fn main_errs(text: &str) -> Vec<String> {
