@@ -196,9 +196,11 @@ async fn a_connect_timeout_gets_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_without_an_eligible_server_gets_503() {
     // Actively checked against a dead port: the server never passes, so it is never eligible
-    // and no attempt is made.
+    // and no attempt is made. (Panic routing is off: with it, a server that failed its checks
+    // is tried anyway once none is healthy, and the refused connection is a 502.)
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let proxy = Proxy::start_with(&one_server(dead, FAST_HC), RECORDING, &[]).await;
+    let extra = format!("{FAST_HC}    panic_threshold_percent: 0\n");
+    let proxy = Proxy::start_with(&one_server(dead, &extra), RECORDING, &[]).await;
     let r = raw_get(proxy.addr, "/none").await;
     assert_eq!(r.status, 503, "{}", r.body);
     let id = request_id_of(&r);
