@@ -7,6 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw::{exchange, RawResponse};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,65 +16,36 @@ use tokio::net::TcpStream;
 const CLOSE_BOUND: Duration = Duration::from_secs(5);
 const SLOT_BOUND: Duration = Duration::from_secs(15);
 
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
+/// What the echo backend saw, from the headers it answers with.
+trait Echo {
+    /// What the echo backend received as the request target.
+    fn echo_uri(&self) -> &str;
+    /// The request headers the echo backend received, name -> list of values.
+    fn echo_headers(&self) -> serde_json::Value;
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// What the echo backend received as the request target.
+impl Echo for RawResponse {
     fn echo_uri(&self) -> &str {
         self.header("x-echo-uri").expect("reached the echo backend")
     }
 
-    /// The request headers the echo backend received, name -> list of values.
     fn echo_headers(&self) -> serde_json::Value {
         serde_json::from_str(self.header("x-echo-headers").expect("x-echo-headers")).expect("json")
     }
 }
 
-fn parse_head(head: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Resp { status, headers }
-}
-
 /// Sends `head` (request line and headers, without the final blank line) with
 /// `Connection: close` and reads the whole answer.
-async fn raw(addr: SocketAddr, head: &str) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{head}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("answer within 10 s")
-        .expect("read");
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&buf)));
-    parse_head(&buf[..end])
+async fn raw(addr: SocketAddr, head: &str) -> RawResponse {
+    exchange(
+        addr,
+        &format!("{head}\r\nConnection: close\r\n\r\n"),
+        Duration::from_secs(10),
+    )
+    .await
 }
 
-async fn get(addr: SocketAddr, path: &str, extra: &str) -> Resp {
+async fn get(addr: SocketAddr, path: &str, extra: &str) -> RawResponse {
     raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: shop.example{extra}")).await
 }
 
@@ -316,7 +288,7 @@ async fn an_idle_keepalive_connection_is_closed() {
     })
     .await
     .expect("answer");
-    assert_eq!(parse_head(&buf).status, 200);
+    assert_eq!(RawResponse::parse(&buf).status, 200);
     assert!(
         closed_within(&mut s, CLOSE_BOUND).await,
         "an idle keep-alive connection was held"

@@ -4,62 +4,29 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw::{exchange, RawResponse};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Records go to a JSONL file next to the main file, flushed quickly.
 const RECORDING: &str = "storage:\n  request_log_file: requests.jsonl\n  flush_interval_ms: 20\n";
 
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
 /// One GET over a fresh connection, written and read by hand.
-async fn raw_get(addr: SocketAddr, path: &str) -> Reply {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: errors.test\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        buf
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .expect("a reply within 30 s");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: errors.test\r\nConnection: close\r\n\r\n");
+    exchange(addr, &req, Duration::from_secs(30)).await
 }
 
 /// Checks what every error answer of the proxy carries; returns its request id.
-fn request_id_of(r: &Reply) -> String {
+fn request_id_of(r: &RawResponse) -> String {
     let id = r
-        .headers
-        .get("x-request-id")
-        .cloned()
+        .header("x-request-id")
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("no X-Request-Id on a {} answer: {:?}", r.status, r.headers));
     assert!(!id.is_empty());
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {:?}", r.body));
@@ -96,6 +63,18 @@ async fn resetting_backend() -> SocketAddr {
     addr
 }
 
+/// GETs `path` through a recording proxy and checks the proxy's own answer: `status`, with
+/// the request id in header and body, and a request record with that status. Returns the
+/// answer, the record and its id.
+async fn failed_get(proxy: &Proxy, path: &str, status: u16) -> (RawResponse, serde_json::Value, String) {
+    let r = raw_get(proxy.addr, path).await;
+    assert_eq!(r.status, status, "{}", r.body);
+    let id = request_id_of(&r);
+    let rec = record(proxy, &id).await;
+    assert_eq!(rec["status"], status, "{rec}");
+    (r, rec, id)
+}
+
 fn one_server(addr: SocketAddr, pool_extra: &str) -> String {
     upstreams(
         "round_robin",
@@ -112,12 +91,8 @@ fn one_server(addr: SocketAddr, pool_extra: &str) -> String {
 async fn a_backend_that_resets_gets_502_with_the_cause_recorded() {
     let addr = resetting_backend().await;
     let proxy = Proxy::start_with(&one_server(addr, ""), RECORDING, &[]).await;
-    let r = raw_get(proxy.addr, "/reset").await;
     // The retry finds no other server: the answer is the failure's (502), not a 503.
-    assert_eq!(r.status, 502, "{}", r.body);
-    let id = request_id_of(&r);
-    let rec = record(&proxy, &id).await;
-    assert_eq!(rec["status"], 502);
+    let (r, rec, _) = failed_get(&proxy, "/reset", 502).await;
     let cause = rec["error"].as_str().unwrap_or_default().to_string();
     assert!(
         ["ConnectionClosed", "ReadError", "WriteError"].contains(&cause.as_str()),
@@ -130,12 +105,8 @@ async fn a_backend_that_resets_gets_502_with_the_cause_recorded() {
 async fn a_refused_connection_in_a_one_server_pool_gets_502() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let proxy = Proxy::start_with(&one_server(dead, ""), RECORDING, &[]).await;
-    let r = raw_get(proxy.addr, "/refused").await;
-    assert_eq!(r.status, 502, "{}", r.body);
-    let id = request_id_of(&r);
-    let rec = record(&proxy, &id).await;
+    let (_, rec, id) = failed_get(&proxy, "/refused", 502).await;
     assert_eq!(rec["error"], "ConnectRefused", "{rec}");
-    assert_eq!(rec["status"], 502);
     // The log line of the failed request names the cause too.
     let logged = eventually(Duration::from_secs(5), || async {
         proxy
@@ -158,10 +129,7 @@ async fn a_backend_slower_than_read_ms_gets_504() {
         &[],
     )
     .await;
-    let r = raw_get(proxy.addr, "/slow").await;
-    assert_eq!(r.status, 504, "{}", r.body);
-    let id = request_id_of(&r);
-    let rec = record(&proxy, &id).await;
+    let (_, rec, _) = failed_get(&proxy, "/slow", 504).await;
     assert_eq!(rec["error"], "ReadTimedout", "{rec}");
 }
 
@@ -186,10 +154,7 @@ async fn unresponsive_listener() -> (SocketAddr, tokio::net::TcpListener, Vec<to
 async fn a_connect_timeout_gets_504() {
     let (addr, _listener, _fill) = unresponsive_listener().await;
     let proxy = Proxy::start_with(&one_server(addr, "    timeouts: { connect_ms: 200 }\n"), RECORDING, &[]).await;
-    let r = raw_get(proxy.addr, "/stuck").await;
-    assert_eq!(r.status, 504, "{}", r.body);
-    let id = request_id_of(&r);
-    let rec = record(&proxy, &id).await;
+    let (_, rec, _) = failed_get(&proxy, "/stuck", 504).await;
     assert_eq!(rec["error"], "ConnectTimedout", "{rec}");
 }
 
@@ -201,12 +166,21 @@ async fn a_pool_without_an_eligible_server_gets_503() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let extra = format!("{FAST_HC}    panic_threshold_percent: 0\n");
     let proxy = Proxy::start_with(&one_server(dead, &extra), RECORDING, &[]).await;
-    let r = raw_get(proxy.addr, "/none").await;
-    assert_eq!(r.status, 503, "{}", r.body);
-    let id = request_id_of(&r);
-    let rec = record(&proxy, &id).await;
+    let (_, rec, _) = failed_get(&proxy, "/none", 503).await;
     assert_eq!(rec["error"], "NoEligibleBackend", "{rec}");
     assert_eq!(rec["retries"], 0);
+}
+
+/// Runs the proxy on `main`, which must exit at once with status 1; returns its stderr.
+fn start_fails(main: &Path) -> String {
+    let o = run_expecting_exit(main, &[], Duration::from_secs(10));
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "still running or wrong status; stderr:\n{err}"
+    );
+    err
 }
 
 /// Writes a main file (and a valid upstreams file) into `dir`.
@@ -268,13 +242,7 @@ fn a_proxy_port_held_by_another_socket_ends_start_up() {
             free_port()
         ),
     );
-    let o = run_expecting_exit(&main, &[], Duration::from_secs(10));
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "still running or wrong status; stderr:\n{err}"
-    );
+    let err = start_fails(&main);
     assert!(err.contains(&taken.to_string()), "the address: {err}");
     assert!(err.contains("Address already in use"), "the OS error: {err}");
     drop(held);
@@ -293,13 +261,7 @@ fn overlapping_listeners_end_start_up() {
             "listen: 127.0.0.1:{port}\nadmin: {{ listen: \"0.0.0.0:{port}\" }}\nserver: {{ upgrade_sock: {sock:?} }}\n"
         ),
     );
-    let o = run_expecting_exit(&main, &[], Duration::from_secs(10));
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "still running or wrong status; stderr:\n{err}"
-    );
+    let err = start_fails(&main);
     assert!(err.contains("admin.listen: overlaps"), "{err}");
 }
 

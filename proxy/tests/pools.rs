@@ -18,6 +18,28 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `n` instant backends behind a ready proxy whose pool checks them every `interval_ms`.
+async fn checked_pool(n: usize, interval_ms: u64) -> (Vec<BackendHandle>, Proxy) {
+    let b = backends(n, Duration::ZERO).await;
+    let hc = format!(
+        "    health_check: {{ path: /health, interval_ms: {interval_ms}, timeout_ms: 300, rise: 1, fall: 1 }}\n"
+    );
+    let proxy = Proxy::start(&upstreams("round_robin", &servers(&b), &hc)).await;
+    proxy.wait_ready().await;
+    (b, proxy)
+}
+
+/// The backends that answer 30 GETs, each of which must succeed.
+async fn ids_of_30_oks(proxy: &Proxy) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (st, id) = proxy.get("/").await;
+        assert_eq!(st, 200);
+        seen.insert(id);
+    }
+    seen
+}
+
 async fn ejected(proxy: &Proxy) -> Vec<String> {
     proxy
         .servers()
@@ -44,12 +66,7 @@ async fn application_500s_eject_nothing_by_default() {
     for x in &b {
         x.set_status(200);
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        let (st, id) = proxy.get("/").await;
-        assert_eq!(st, 200);
-        seen.insert(id);
-    }
+    let seen = ids_of_30_oks(&proxy).await;
     assert_eq!(seen.len(), 3, "every server still takes traffic: {seen:?}");
 }
 
@@ -77,12 +94,7 @@ async fn gateway_failures_eject_at_most_the_cap() {
     for x in &b {
         x.set_status(200);
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        let (st, id) = proxy.get("/").await;
-        assert_eq!(st, 200);
-        seen.insert(id);
-    }
+    let seen = ids_of_30_oks(&proxy).await;
     assert_eq!(seen.len(), 2, "the two servers not ejected serve: {seen:?}");
     assert!(!seen.contains(&out[0]));
 }
@@ -107,17 +119,7 @@ fn paced_load(url: String, rate: u32, stop: Arc<AtomicBool>) -> tokio::task::Joi
                 let mut out = Vec::new();
                 while !stop.load(Relaxed) {
                     tick.tick().await;
-                    out.push(match client.get(&url).send().await {
-                        Ok(r) => {
-                            let id = backend_id(&r);
-                            let st = r.status().as_u16();
-                            match r.bytes().await {
-                                Ok(_) => (st, id),
-                                Err(e) => (0, format!("body: {e}")),
-                            }
-                        }
-                        Err(e) => (0, format!("error: {e}")),
-                    });
+                    out.push(get_once(&client, &url).await);
                 }
                 out
             }));
@@ -203,10 +205,7 @@ async fn replacing_every_server_under_load_fails_no_request() {
 /// Defect: a health path that is broken while the servers answer traffic took the pool down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_health_path_does_not_take_the_pool_down() {
-    let b = backends(2, Duration::ZERO).await;
-    let hc = "    health_check: { path: /health, interval_ms: 100, timeout_ms: 300, rise: 1, fall: 1 }\n";
-    let proxy = Proxy::start(&upstreams("round_robin", &servers(&b), hc)).await;
-    proxy.wait_ready().await;
+    let (b, proxy) = checked_pool(2, 100).await;
     for x in &b {
         x.set_healthy(false);
     }
@@ -233,10 +232,7 @@ async fn a_broken_health_path_does_not_take_the_pool_down() {
 /// probes per server and bumped the version each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_unchanged_files_is_a_no_op() {
-    let b = backends(2, Duration::ZERO).await;
-    let hc = "    health_check: { path: /health, interval_ms: 500, timeout_ms: 300, rise: 1, fall: 1 }\n";
-    let proxy = Proxy::start(&upstreams("round_robin", &servers(&b), hc)).await;
-    proxy.wait_ready().await;
+    let (b, proxy) = checked_pool(2, 500).await;
     let version = proxy.admin_json("/api/v1/config").await["version"].clone();
     let probes_before = b[0].health_checks();
     let t0 = Instant::now();

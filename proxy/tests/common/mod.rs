@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod raw;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -392,7 +393,8 @@ pub fn load(
     load_opts(proxy_url, concurrency, stop, None)
 }
 
-async fn get_once(client: &reqwest::Client, url: &str) -> (u16, String) {
+/// One GET: (status, backend id), or (0, the error) when it failed at the transport level.
+pub async fn get_once(client: &reqwest::Client, url: &str) -> (u16, String) {
     match client.get(url).send().await {
         Ok(r) => {
             let id = backend_id(&r);
