@@ -78,6 +78,7 @@ fn record(i: u64, backends: &[Arc<String>]) -> RequestRecord {
             reported_rps: Some(120.0),
         }),
         predicted_latency_us: None,
+        client_addr: None,
     }
 }
 

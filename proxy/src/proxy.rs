@@ -446,6 +446,7 @@ impl ProxyHttp for Proxy {
                 strategy: rec.strategy,
                 features: rec.features,
                 predicted_latency_us: None,
+                client_addr: ctx.client_ip,
             });
         }
     }

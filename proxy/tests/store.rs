@@ -168,7 +168,7 @@ async fn ten_thousand_requests_give_ten_thousand_matching_rows() {
     let c = neurabalancer::store::pg_connect(&url).await.expect("connect");
     let rows = c
         .query(
-            "SELECT request_id, backend, status, latency_us, pool, route, f_inflight, strategy FROM requests",
+            "SELECT request_id, backend, status, latency_us, pool, route, f_inflight, strategy, client_addr FROM requests",
             &[],
         )
         .await
@@ -182,6 +182,12 @@ async fn ten_thousand_requests_give_ten_thousand_matching_rows() {
         assert_eq!(backend.as_deref(), Some(s.backend.as_str()), "request {id}");
         assert_eq!(r.get::<_, i16>(2), s.status as i16, "request {id}");
         assert!(r.get::<_, Option<f32>>(6).is_some(), "features recorded");
+        let client: Option<String> = r.get(8);
+        assert_eq!(
+            client.as_deref(),
+            Some("127.0.0.1"),
+            "the client's address, request {id}"
+        );
         let pool: String = r.get(4);
         let route: String = r.get(5);
         assert_eq!(
@@ -346,7 +352,10 @@ async fn two_proxies_starting_together_share_one_schema() {
     })
     .await;
     assert!(ok.is_some(), "logs:\n{}\n{}", p1.log(), p2.log());
-    assert_eq!(count(&url, "SELECT count(*) FROM schema_migrations").await, 2);
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM schema_migrations").await,
+        migrate::MIGRATIONS.len() as i64
+    );
     for p in [&p1, &p2] {
         assert!(!p.log().contains("migrations:"), "no migration error:\n{}", p.log());
     }

@@ -121,6 +121,7 @@ mod tests {
             strategy: None,
             features: None,
             predicted_latency_us: None,
+            client_addr: None,
         })
     }
 

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "timescaledb",
         sql: include_str!("../../../migrations/0002_timescaledb.sql"),
     },
+    Migration {
+        version: 3,
+        name: "client_addr",
+        sql: include_str!("../../../migrations/0003_client_addr.sql"),
+    },
 ];
 
 /// Advisory-lock key: "NBMIGRAT" in ASCII.

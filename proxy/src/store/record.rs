@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::error::Error;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -162,7 +162,7 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
 }
 
 /// `requests` and the `training_requests` view: one proxied request.
-pub const REQUEST_COLUMNS: [Column; 25] = [
+pub const REQUEST_COLUMNS: [Column; 26] = [
     col("time", Kind::Time),
     col("request_id", Kind::Text),
     col("trace_id", Kind::Text),
@@ -188,6 +188,7 @@ pub const REQUEST_COLUMNS: [Column; 25] = [
     col("f_reported_queue", Kind::Real),
     col("f_reported_rps", Kind::Real),
     col("predicted_latency_us", Kind::Int8),
+    col("client_addr", Kind::Text),
 ];
 
 /// One proxied request, built in the proxy's `logging` phase.
@@ -214,10 +215,13 @@ pub struct RequestRecord {
     /// The chosen backend's features when it was chosen.
     pub features: Option<Features>,
     pub predicted_latency_us: Option<i64>,
+    /// The client's address by the trust rule (`headers::client_ip`); rendered as text by
+    /// the sinks, off the request path.
+    pub client_addr: Option<IpAddr>,
 }
 
 impl RequestRecord {
-    pub fn cells(&self) -> [Cell<'_>; 25] {
+    pub fn cells(&self) -> [Cell<'_>; 26] {
         let f = self.features.as_ref();
         let real = |get: fn(&Features) -> Option<f32>| Cell::Real(f.and_then(get));
         [
@@ -246,6 +250,7 @@ impl RequestRecord {
             real(|f| f.reported_queue),
             real(|f| f.reported_rps),
             Cell::Int(self.predicted_latency_us),
+            Cell::Text(self.client_addr.map(|a| Cow::Owned(a.to_string()))),
         ]
     }
 }
@@ -332,6 +337,7 @@ mod tests {
                 ..Features::default()
             }),
             predicted_latency_us: None,
+            client_addr: Some("2001:db8::7".parse().expect("ip")),
         }
     }
 
@@ -347,6 +353,7 @@ mod tests {
         assert_eq!(v["request_id"], "r\"1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["f_error_rate"].to_string(), "0.1");
+        assert_eq!(v["client_addr"], "2001:db8::7");
         assert!(v["trace_id"].is_null() && v["f_reported_cpu"].is_null());
         let text = String::from_utf8(out).expect("utf8");
         let keys: Vec<&str> = REQUEST_COLUMNS.iter().map(|c| c.name).collect();
