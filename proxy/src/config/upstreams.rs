@@ -587,6 +587,37 @@ mod tests {
     }
 
     #[test]
+    fn shares_and_drain_time_are_bounded() {
+        let with = |extra: &str| GOOD.replace("    servers:", &format!("    {extra}\n    servers:"));
+        let cases = [
+            (
+                "outlier_detection: { max_ejection_percent: 101 }",
+                "u.yaml:4: pools.api.outlier_detection.max_ejection_percent: must be 0..=100",
+            ),
+            (
+                "panic_threshold_percent: 150",
+                "u.yaml:4: pools.api.panic_threshold_percent: must be 0..=100",
+            ),
+            (
+                "removed_drain_ms: 3600001",
+                "u.yaml:4: pools.api.removed_drain_ms: must be at most 3600000",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = errs(&with(extra));
+            assert_eq!(e.len(), 1, "{extra}: {e:?}");
+            assert!(e[0].starts_with(want), "{extra}: {e:?}");
+        }
+        for ok in [
+            "outlier_detection: { max_ejection_percent: 100 }",
+            "panic_threshold_percent: 0",
+            "removed_drain_ms: 0",
+        ] {
+            assert!(errs(&with(ok)).is_empty(), "{ok}");
+        }
+    }
+
+    #[test]
     fn ejection_cap_keeps_one_server_and_allows_one_ejection() {
         let o = OutlierConfig::default();
         assert_eq!(o.max_ejected(1), 0, "never the last server");
