@@ -150,7 +150,7 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unrouted_requests_get_404_and_dead_pools_503() {
+async fn unrouted_requests_get_404_and_refused_connections_502() {
     let dead = free_port();
     let yaml = format!(
         "pools:\n  api:\n    servers: [ {{ id: gone, address: \"127.0.0.1:{dead}\" }} ]\n    max_retries: 0\nroutes:\n  - {{ host: api.example, path_prefix: /, pool: api }}\n"
