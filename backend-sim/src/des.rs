@@ -757,7 +757,9 @@ impl Sim {
     /// a run and fewer than `max_ejection_percent` of the pool are ejected.
     fn passive_failure(&mut self, b: u32, kind: Failure, now: u64) {
         let o = self.settings.outlier_detection;
-        if !self.backends[b as usize].passive.record_failure(kind, &o, now) {
+        if !self.backends[b as usize].passive.record_failure(kind, &o, now)
+            || self.backends[b as usize].passive.is_ejected(now)
+        {
             return;
         }
         let ejected = self.backends.iter().filter(|x| x.passive.is_ejected(now)).count();

@@ -94,9 +94,10 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> Result<Applied, ConfigErrors
             return Err(errors);
         }
     };
-    if loaded.hash == current.loaded.hash {
-        // The files say what is running: a no-op, so frequent reloads neither bump the
-        // version nor disturb the health checker.
+    if loaded.hash == current.loaded.hash && loaded.upstreams == current.loaded.upstreams {
+        // The files say what is running (and their host names still resolve to the same
+        // addresses): a no-op, so frequent reloads neither bump the version nor disturb the
+        // health checker.
         metrics().config_reloads.with_label_values(&["unchanged"]).inc();
         tracing::debug!(
             trigger = trigger.as_str(),

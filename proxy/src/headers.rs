@@ -128,13 +128,19 @@ pub fn new_request_id() -> String {
     )
 }
 
+/// Other headers that claim to describe the client or the original request (RFC 7239
+/// `Forwarded`, and the de facto ones that frameworks honour): believed only from trusted
+/// proxies, removed otherwise, since the proxy does not write them itself.
+const OTHER_FORWARDING: &[&str] = &["forwarded", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
+
 /// The `X-Forwarded-For` entries of a request, left to right: every header line, split on
-/// commas, trimmed, empty entries dropped.
+/// commas, trimmed, empty entries dropped. A line that is not text counts as one entry that
+/// is not an address (which ends the walk in [`client_ip`]).
 fn forwarded_for(req: &RequestHeader) -> Vec<&str> {
     req.headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("?"))
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|e| !e.is_empty())
@@ -206,6 +212,11 @@ pub fn set_forwarded(req: &mut RequestHeader, peer: Option<IpAddr>, trusted: boo
     };
     if let Some(xff) = xff {
         req.insert_header(X_FORWARDED_FOR, xff)?;
+    }
+    if !trusted {
+        for h in OTHER_FORWARDING {
+            req.remove_header(*h);
+        }
     }
     if !trusted || req.headers.get(X_FORWARDED_PROTO).is_none() {
         req.insert_header(X_FORWARDED_PROTO, proto)?;
@@ -296,11 +307,18 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-host", "evil.example"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "10.0.0.1"),
         ]);
         set_forwarded(&mut req, Some(ip("203.0.113.7")), false, "http").expect("set");
         assert_eq!(all(&req, "x-forwarded-for"), ["203.0.113.7"]);
         assert_eq!(all(&req, "x-forwarded-host"), ["shop.example"]);
         assert_eq!(all(&req, "x-forwarded-proto"), ["http"]);
+        for h in ["forwarded", "x-forwarded-prefix", "x-forwarded-port", "x-real-ip"] {
+            assert!(all(&req, h).is_empty(), "{h} from an untrusted client must not pass");
+        }
     }
 
     #[test]
@@ -311,8 +329,10 @@ mod tests {
             ("x-forwarded-for", "3.3.3.3"),
             ("x-forwarded-host", "www.example"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/shop"),
         ]);
         set_forwarded(&mut req, Some(ip("10.0.0.1")), true, "http").expect("set");
+        assert_eq!(all(&req, "x-forwarded-prefix"), ["/shop"]);
         assert_eq!(all(&req, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"]);
         assert_eq!(all(&req, "x-forwarded-host"), ["www.example"]);
         assert_eq!(all(&req, "x-forwarded-proto"), ["https"]);

@@ -33,6 +33,8 @@ pub enum PathError {
     InvalidEscape,
     #[error("escaped slash or backslash in the path")]
     EscapedSlash,
+    #[error("the path is not valid UTF-8")]
+    NotUtf8,
 }
 
 fn unhex(b: u8) -> Option<u8> {
@@ -53,7 +55,8 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 /// Steps 1 and 2: one pass over the bytes.
 fn decode(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, PathError> {
     let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len());
+    // Bytes, not chars: a path may hold raw non-ASCII (UTF-8) bytes, which pass unchanged.
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let (byte, escaped) = if b[i] == b'%' {
@@ -71,19 +74,17 @@ fn decode(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, PathErr
         if byte == b'\\' || (escaped && byte == b'/') {
             match escaped_slashes {
                 EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
-                EscapedSlashes::Decode => out.push('/'),
-                EscapedSlashes::Keep => out.push_str(if byte == b'/' { "%2F" } else { "%5C" }),
+                EscapedSlashes::Decode => out.push(b'/'),
+                EscapedSlashes::Keep => out.extend_from_slice(if byte == b'/' { b"%2F" } else { b"%5C" }),
             }
         } else if !escaped || unreserved(byte) {
-            // Unescaped input is ASCII: the URI parser admits nothing else into a path.
-            out.push(char::from(byte));
+            out.push(byte);
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            out.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
         }
     }
-    Ok(out)
+    // Raw bytes were copied whole and escapes decode only to ASCII, so valid input stays valid.
+    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
 }
 
 /// Step 4 (RFC 3986 §5.2.4) on a path that starts with `/`.
@@ -208,7 +209,12 @@ mod tests {
 
     #[test]
     fn normalising_twice_changes_nothing() {
-        for p in ["/api/%2e%2e/x%2fy/./z//", "/a%41%2F%5c/..", "/%7E/%7e/%25"] {
+        for p in [
+            "/api/%2e%2e/x%2fy/./z//",
+            "/a%41%2F%5c/..",
+            "/%7E/%7e/%25",
+            "/caf\u{e9}/./%2e%2E/\u{2603}",
+        ] {
             for es in [EscapedSlashes::Keep, EscapedSlashes::Decode] {
                 for merge in [false, true] {
                     let o = with(merge, es);
@@ -217,6 +223,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn raw_non_ascii_bytes_pass_unchanged() {
+        assert_eq!(normalize("/caf\u{e9}/x/../y", &REJECT).expect("valid"), "/caf\u{e9}/y");
+        assert_eq!(normalize("/\u{2603}/%41", &REJECT).expect("valid"), "/\u{2603}/A");
     }
 
     #[test]

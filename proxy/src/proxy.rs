@@ -479,6 +479,8 @@ fn error_status(e: &Error) -> u16 {
         (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, ErrorSource::Upstream) => 504,
         (_, ErrorSource::Upstream) => 502,
         (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        // nginx's `client_body_timeout` answer.
+        (ReadTimedout, ErrorSource::Downstream) => 408,
         (_, ErrorSource::Downstream) => 400,
         (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
     }

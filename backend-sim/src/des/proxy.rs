@@ -245,7 +245,10 @@ impl Passive {
                 let gateway = hit(&mut self.consecutive_gateway, o.consecutive_gateway_failures);
                 hit(&mut self.consecutive_5xx, o.consecutive_5xx) | gateway
             }
-            Failure::Status5xx => hit(&mut self.consecutive_5xx, o.consecutive_5xx),
+            Failure::Status5xx => {
+                self.consecutive_gateway = 0;
+                hit(&mut self.consecutive_5xx, o.consecutive_5xx)
+            }
         };
         tripped && !self.is_ejected(now_ns)
     }

@@ -305,7 +305,11 @@ impl BackendStats {
                 let gateway = hit(&self.consecutive_gateway, o.consecutive_gateway_failures);
                 hit(&self.consecutive_5xx, o.consecutive_5xx) | gateway
             }
-            Failure::Status5xx => hit(&self.consecutive_5xx, o.consecutive_5xx),
+            Failure::Status5xx => {
+                // As in Envoy, another 5xx ends a run of gateway failures.
+                self.consecutive_gateway.store(0, Relaxed);
+                hit(&self.consecutive_5xx, o.consecutive_5xx)
+            }
         };
         tripped && !self.is_ejected(clock::now_ns())
     }
@@ -437,6 +441,11 @@ mod tests {
         );
         s.record_success();
         assert!(!s.record_failure(Failure::Gateway5xx, &o), "a success ends the run");
+        assert!(!s.record_failure(Failure::Status5xx, &o));
+        assert!(
+            !s.record_failure(Failure::Gateway5xx, &o),
+            "a 500 between two 502s ends the run too (Envoy)"
+        );
         assert_eq!(Failure::of_status(500), Some(Failure::Status5xx));
         assert_eq!(Failure::of_status(503), Some(Failure::Gateway5xx));
         assert_eq!(Failure::of_status(404), None);

@@ -432,6 +432,10 @@ impl Pool {
         }
         let _e = self.eject_lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = clock::now_ns();
+        if backend.is_ejected(now) {
+            // Another request's failure completed the same run a moment ago and ejected it.
+            return Ejection::None;
+        }
         let members = self.shared.members.load();
         let ejected = members.list.iter().filter(|s| s.is_ejected(now)).count();
         // Leaving servers are not counted and may always be ejected: they are on their way out.
