@@ -116,6 +116,8 @@ pub struct Ctx {
     /// The client's address by the trust rule (`headers::client_ip`), set once in
     /// `request_filter` for every consumer; `None` for peers not on IP.
     client_ip: Option<IpAddr>,
+    /// The connection's peer address (`None` for peers not on IP), read once.
+    peer: Option<IpAddr>,
     /// Whether the peer is one of `http.trusted_proxies`.
     peer_trusted: bool,
     pool: Option<Arc<Pool>>,
@@ -195,6 +197,7 @@ impl ProxyHttp for Proxy {
             start: Instant::now(),
             request_id: String::new(),
             client_ip: None,
+            peer: None,
             peer_trusted: false,
             pool: None,
             backend: None,
@@ -222,6 +225,7 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.peer = peer;
         let trusted = &self.http.trusted_proxies;
         let req = session.req_header();
         ctx.peer_trusted = headers::peer_trusted(peer, trusted);
@@ -305,8 +309,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream);
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        headers::set_forwarded(upstream, peer, ctx.peer_trusted, listener_proto(session))?;
+        headers::set_forwarded(upstream, ctx.peer, ctx.peer_trusted, listener_proto(session))?;
         upstream.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }

@@ -27,7 +27,7 @@
 //!    never picked;
 //! 3. when that leaves nothing, ejected ones too (healthy ones only, outside panic).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -351,10 +351,10 @@ impl Pool {
             };
             list.push(stats);
         }
-        let kept: HashMap<SocketAddr, ()> = list.iter().map(|s| (s.addr, ())).collect();
+        let kept: HashSet<SocketAddr> = list.iter().map(|s| s.addr).collect();
         let drain_ns = cfg.removed_drain_ms.saturating_mul(1_000_000);
         let mut leaving = Vec::new();
-        for s in old.all().filter(|s| !kept.contains_key(&s.addr)) {
+        for s in old.all().filter(|s| !kept.contains(&s.addr)) {
             let until_ns = old
                 .leaving
                 .iter()
