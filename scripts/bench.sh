@@ -12,7 +12,7 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx haproxy >/dev/null
 fi
-cargo build --release --quiet -p neurabalancer -p backend-sim
+cargo build --release --quiet -p neurabalancer -p backend-sim -p nb-lab
 bench=./target/release/nb-bench
 peers=round_robin,least_connections,p2c_ewma,nginx:least_conn,haproxy:leastconn
 # Steady-state scenarios: 10 s measured after 3 s of warm-up is enough for stable p99s at ~1000 req/s.

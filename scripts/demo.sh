@@ -11,7 +11,7 @@ root=$(pwd)
 
 ./scripts/setup.sh
 echo "demo: building (release)..." >&2
-cargo build --release --quiet -p neurabalancer -p backend-sim
+cargo build --release --quiet -p neurabalancer -p backend-sim -p nb-lab
 
 work=$(mktemp -d)
 pids=()

@@ -17,7 +17,7 @@
 //!   - { id: pool, count: 3, listen: "127.0.0.1:8010", service: { dist: constant, ms: 5 } }
 //! ```
 //!
-//! It is the same schema as a scenario's `fleet:` ([`crate::scenario`]), so a
+//! It is the same schema as a scenario's `fleet:` (`nb_lab::scenario`), so a
 //! fleet can move between the two. An entry with `count: N` stands for N
 //! identical backends `id-1` … `id-N`; with a fixed port P they listen on P …
 //! P+N-1 (port 0: each on a free port). Phases are timed from the fleet's
@@ -118,7 +118,7 @@ impl FleetConfig {
     }
 }
 
-/// Expands `count` as [`crate::scenario::Scenario::profiles`] does, giving
+/// Expands `count` as `nb_lab::scenario::Scenario::profiles` does, giving
 /// consecutive ports to copies of a backend with a fixed port.
 fn expand(p: Profile, out: &mut Vec<BackendEntry>) -> Result<(), ConfigError> {
     let listen = p.listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
@@ -157,7 +157,7 @@ pub async fn spawn_fleet(cfg: &FleetConfig) -> io::Result<Vec<BackendHandle>> {
 }
 
 /// Starts backends with phases timed from `epoch` (e.g. a scenario's
-/// [`crate::scenario::Scenario::profiles`] with the load's start). If one
+/// `nb_lab::scenario::Scenario::profiles` with the load's start). If one
 /// fails, those already started are stopped and the error names the failing
 /// backend.
 pub async fn spawn_profiles(profiles: &[Profile], epoch: Instant) -> io::Result<Vec<BackendHandle>> {

@@ -1,37 +1,30 @@
 //! Simulated HTTP backends for NeuraBalancer.
 //!
-//! The crate is the project's strategy lab. It serves the `backend-sim` binary (a fleet of
-//! simulated backends to point a proxy at), the `nb-bench` binary (load generation, the
-//! scenario runner and the discrete-event model), and the proxy's integration tests, which
-//! start backends in-process on `127.0.0.1:0` and steer them at run time. All of them use
-//! the same library, so what the tests exercise is what a developer runs by hand.
+//! The crate serves the `backend-sim` binary (a fleet of simulated backends to point a
+//! proxy at), the lab (crate `nb-lab`: load generation, the scenario runner and the
+//! discrete-event model, which shares [`model`] with the simulator), and the proxy's
+//! integration tests, which start backends in-process on `127.0.0.1:0` and steer them at
+//! run time. All of them use the same library, so what the tests exercise is what a
+//! developer runs by hand.
 //!
 //! Module map:
 //! * [`model`]: what a simulated backend is (`Profile`: slots, queue, service-time
 //!   distributions, errors, phases, warm-up), shared by the simulator and the model.
-//! * [`scenario`]: benchmark scenarios (fleet, load, request mix).
 //! * [`sim`]: how a running backend follows a profile (slots, FIFO queue, errors, phases,
 //!   `/stats`, `/control`, the ORCA load header).
 //! * [`spec`]: the simple `BackendSpec` of the proxy's tests, run as a profile.
 //! * [`backend`]: a running backend ([`spawn`], [`BackendHandle`]).
 //! * [`echo`]: a streaming echo server for tests of the proxy's body and header forwarding.
 //! * [`fleet`]: the YAML fleet file (`backends: [Profile…]`) used by the binary.
-//! * [`bench`](mod@bench): open-loop load generation and its reports.
-//! * [`lab`]: the scenario runner (fresh fleet and proxy per strategy, peers, charts).
-//! * [`des`]: the discrete-event model and the `oracle`.
 //! * `server`: the accept loop, which owns every connection so that a stop really is a crash.
 //!
 //! Service is sleep-based (no busy CPU) and every connection is its own task,
 //! so one process can hold thousands of concurrent slow requests.
 
 pub mod backend;
-pub mod bench;
-pub mod des;
 pub mod echo;
 pub mod fleet;
-pub mod lab;
 pub mod model;
-pub mod scenario;
 mod server;
 pub mod sim;
 pub mod spec;

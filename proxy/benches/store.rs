@@ -28,9 +28,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_sim::bench::{LoadSpec, RequestClass};
 use common::pg::PgCluster;
 use common::{spawn, upstreams, BackendSpec, Proxy, Server};
+use nb_lab::bench::{LoadSpec, RequestClass};
 use neurabalancer::config::StorageConfig;
 use neurabalancer::features::Features;
 use neurabalancer::store::{self, RequestRecord};
@@ -508,7 +508,7 @@ async fn fixed_rate(pg: &PgCluster, out: &mut String) {
                 deadline: Duration::from_secs(1),
                 seed: rep as u64 + 1,
             };
-            let r = backend_sim::bench::run(&spec).await.expect("load");
+            let r = nb_lab::bench::run(&spec).await.expect("load");
             if v == Rec::PostgresDown {
                 let m = p.metrics().await;
                 let dropped = metric(&m, "neurabalancer_store_rows_dropped_total", "queue_full");

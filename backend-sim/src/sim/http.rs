@@ -18,7 +18,7 @@
 //!    backend, with a JSON body, `x-backend-id` and (if `orca`) the ORCA
 //!    load report.
 //!
-//! These are the rules of the discrete-event model ([`crate::des`]) too.
+//! These are the rules of the discrete-event model (`nb_lab::des`) too.
 //!
 //! A client that gives up (closes its connection) drops the request's
 //! future, which gives back its slot or queue place and ends a hang.

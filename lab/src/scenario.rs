@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Profile;
+use backend_sim::model::Profile;
 
 /// How hard to push: absolute, relative to fleet capacity, or a linear ramp of capacity
 /// fractions over the measured duration (warm-up runs at `from`).

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use backend_sim::lab;
 use backend_sim::model::{ClassService, Dist, Errors, Phase, Profile, Warmup};
-use backend_sim::scenario::{Class, Load, Scenario};
+use nb_lab::lab;
+use nb_lab::scenario::{Class, Load, Scenario};
 use serde_yaml::Value;
 
 fn dir() -> PathBuf {

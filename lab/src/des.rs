@@ -86,8 +86,8 @@ use rand::{Rng, SeedableRng};
 pub use proxy::{HealthCheck, OutlierDetection, ProxySettings};
 
 use crate::bench::{Answer, Recorder, Report, RunInfo};
-use crate::model::{Dist, Effective, Profile};
 use crate::scenario::Scenario;
+use backend_sim::model::{Dist, Effective, Profile};
 use proxy::{Failure, Passive};
 
 /// How the model chooses backends.

@@ -72,7 +72,7 @@ use report::Outcome;
 pub use report::{Answer, ClassReport, LatencySummary, Recorder, Report, RunInfo, WindowReport, WINDOW};
 pub use table::{format_table, print_table};
 
-use crate::backend::BACKEND_ID_HEADER;
+use backend_sim::backend::BACKEND_ID_HEADER;
 
 /// How long the reachability check before the warm-up may take at least (the
 /// deadline is used if it is longer): a slow backend is not an unreachable one.

@@ -1,8 +1,8 @@
 //! `nb-bench`: open-loop Poisson load, against one URL or through whole scenarios.
 //!
 //! * `--url URL`: offer load to a running target and summarise latency
-//!   ([`backend_sim::bench`]).
-//! * `--scenario FILE|DIR…`: the lab ([`backend_sim::lab`]): for every strategy a fresh
+//!   ([`nb_lab::bench`]).
+//! * `--scenario FILE|DIR…`: the lab ([`nb_lab::lab`]): for every strategy a fresh
 //!   fleet and proxy, interleaved repetitions, a comparison table, `results.json` and SVG
 //!   charts in `--out`.
 //! * `--scenario … --simulate`: the same scenarios through the discrete-event model.
@@ -15,12 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backend_sim::bench::{self, BenchError, LoadSpec};
-use backend_sim::lab::{self, LabOptions, Machine, Results, ScenarioResult, Target};
-use backend_sim::scenario::Scenario;
 use clap::Parser;
 use hyper::Uri;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nb_lab::bench::{self, BenchError, LoadSpec};
+use nb_lab::lab::{self, LabOptions, Machine, Results, ScenarioResult, Target};
+use nb_lab::scenario::Scenario;
 
 /// Open-loop HTTP load generator and benchmark lab for NeuraBalancer.
 #[derive(Debug, Parser)]
@@ -317,7 +317,7 @@ async fn lab_runs(
     };
     let outcome = tokio::select! {
         done = work => Some(done),
-        _ = backend_sim::shutdown_signal() => None,
+        _ = nb_lab::shutdown_signal() => None,
     };
     progress.finish_and_clear();
     Ok(outcome)

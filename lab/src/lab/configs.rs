@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_yaml::{Mapping, Value};
 
-use crate::model::Profile;
+use backend_sim::model::Profile;
 
 /// Name of the single pool (and HAProxy backend / nginx upstream) of every lab run.
 pub const POOL: &str = "bench";
@@ -195,7 +195,7 @@ frontend fe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Dist;
+    use backend_sim::model::Dist;
 
     fn servers() -> Vec<(String, SocketAddr)> {
         vec![

@@ -2,8 +2,9 @@
 //! processes, a short run of two strategies, its table, `results.json` and charts, and
 //! no process or temp dir left behind (also when interrupted).
 //!
-//! `neurabalancer` belongs to another package, so cargo does not build it for this test;
-//! when it is missing next to `nb-bench`, the test builds it (same profile) first.
+//! `neurabalancer` and `backend-sim` belong to other packages, so cargo does not build them
+//! for this test; when one is missing next to `nb-bench`, the test builds it (same profile)
+//! first.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -20,27 +21,26 @@ fn nb_bench() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nb-bench"))
 }
 
-/// Makes sure `neurabalancer` sits next to `nb-bench` (where nb-bench looks for it).
+/// Makes sure `neurabalancer` and `backend-sim` sit next to `nb-bench` (where nb-bench
+/// looks for them).
 fn ensure_proxy_built() {
     let dir = nb_bench().parent().expect("nb-bench is in a directory");
-    if dir.join("neurabalancer").is_file() {
-        return;
+    for (package, bin) in [("neurabalancer", "neurabalancer"), ("backend-sim", "backend-sim")] {
+        if dir.join(bin).is_file() {
+            continue;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", package, "--bin", bin])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        eprintln!("building {bin} for the lab test: {cmd:?}");
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p {package} failed");
+        assert!(dir.join(bin).is_file(), "no {bin} in {}", dir.display());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "neurabalancer", "--bin", "neurabalancer"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    eprintln!("building neurabalancer for the lab test: {cmd:?}");
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p neurabalancer failed");
-    assert!(
-        dir.join("neurabalancer").is_file(),
-        "no neurabalancer in {}",
-        dir.display()
-    );
 }
 
 struct Scratch(PathBuf);

@@ -1,11 +1,11 @@
-//! The discrete-event model (`backend_sim::des`): determinism, queueing sanity, and the
+//! The discrete-event model (`nb_lab::des`): determinism, queueing sanity, and the
 //! qualitative results the benchmark relies on.
 
 use std::time::{Duration, Instant};
 
-use backend_sim::bench::Report;
-use backend_sim::des::{simulate, simulate_with, ProxySettings, SimStrategy};
-use backend_sim::scenario::Scenario;
+use nb_lab::bench::Report;
+use nb_lab::des::{simulate, simulate_with, ProxySettings, SimStrategy};
+use nb_lab::scenario::Scenario;
 use nb_strategy::StrategyKind;
 
 fn scenario(yaml: &str) -> Scenario {
@@ -312,7 +312,7 @@ fn shipped_scenarios() {
         let t0 = Instant::now();
         let reports: Vec<Report> = SimStrategy::ALL.iter().map(|&k| simulate(&s, k, s.seed)).collect();
         println!("== {} ({:?} for {} strategies)", s.name, t0.elapsed(), reports.len());
-        println!("{}", backend_sim::bench::format_table(&reports));
+        println!("{}", nb_lab::bench::format_table(&reports));
     }
     println!("total {:?}", all.elapsed());
 }

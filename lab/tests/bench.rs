@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use backend_sim::bench::{self, LoadSpec, Report, RequestClass};
 use backend_sim::{spawn, BackendHandle, BackendSpec};
+use nb_lab::bench::{self, LoadSpec, Report, RequestClass};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
