@@ -39,6 +39,32 @@ use crate::spec::BackendSpec;
 
 /// Header naming the backend that produced a response.
 pub const BACKEND_ID_HEADER: &str = "x-backend-id";
+/// Request header carrying the request's index in the load generator's schedule: the
+/// backend draws the request's fate and service time from it
+/// ([`request_stream`](crate::model::request_stream)), so every strategy of a repetition
+/// faces the same draws.
+pub const REQUEST_INDEX_HEADER: &str = "x-nb-request";
+/// Request header (value `1`) marking a request of the measured window: the backend counts
+/// them (`Stats::measured`), which is how the lab counts routing decisions, timeouts
+/// included.
+pub const MEASURED_HEADER: &str = "x-nb-measured";
+/// Response header with the request's own service time (after slowdown):
+/// `server-timing: service;dur=12.345` (milliseconds). The generator subtracts it from the
+/// latency to get the queueing delay.
+pub const SERVER_TIMING_HEADER: &str = "server-timing";
+/// The `server-timing` metric name of the service time.
+pub const SERVICE_METRIC: &str = "service";
+
+/// The service time in a `server-timing` value (`service;dur=<ms>`, among other metrics).
+pub fn parse_service_ms(value: &str) -> Option<f64> {
+    value.split(',').find_map(|metric| {
+        let mut parts = metric.split(';').map(str::trim);
+        if parts.next()? != SERVICE_METRIC {
+            return None;
+        }
+        parts.find_map(|p| p.strip_prefix("dur=")?.parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0))
+    })
+}
 /// Path answered by health checks.
 pub const HEALTH_PATH: &str = "/health";
 

@@ -11,7 +11,8 @@
 //! the fleet's epoch: the start of the load (warm-up included) when `nb-bench` runs it, else
 //! the start of the `backend-sim` process.
 
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SLOTS: u32 = 64;
@@ -204,6 +205,49 @@ fn yes() -> bool {
     true
 }
 
+/// What happens to a request at a backend, drawn on its arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Served after its service time, with the backend's status.
+    Serve,
+    /// 503 at once, without a slot.
+    Fast503,
+    /// 500 after its service time.
+    Slow500,
+    /// Never answered; holds its slot until the client leaves.
+    Hang,
+}
+
+/// The draws of one request at one backend: its fate and its service time before any
+/// slowdown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub fate: Fate,
+    pub service_ms: f64,
+}
+
+/// The random stream of request number `request` (its index in the load's schedule) at
+/// backend `backend` in a run seeded `seed`.
+///
+/// The lab's backends and the discrete-event model both draw a request's fate and service
+/// time from this stream, so within one repetition every strategy (and the model) faces the
+/// same draws: request 1234 sent to `b-3` gets the same service time whoever sent it there.
+pub fn request_stream(seed: u64, backend: &str, request: u64) -> SmallRng {
+    // FNV-1a of the id: stable across processes and builds (unlike `RandomState`).
+    let id = backend
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    SmallRng::seed_from_u64(mix64(mix64(seed ^ id.rotate_left(17)) ^ request))
+}
+
+/// The SplitMix64 finaliser: a bijection that scatters nearby inputs.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// The profile's state at one moment, after phases and warm-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
@@ -239,6 +283,26 @@ impl Profile {
             .find(|c| path.starts_with(&c.path_prefix))
             .map(|c| &c.service)
             .unwrap_or(&self.service)
+    }
+
+    /// Draws a request's fate and service time under `errors` (the rates in force), in the
+    /// order both the simulator and the model use: a fast 503 first, then the fate of the
+    /// others (so P(hang) = (1 - fast_503) × hang), then the service time of `path`'s class.
+    pub fn draw<R: Rng + ?Sized>(&self, errors: &Errors, path: &str, rng: &mut R) -> Draw {
+        let (fast, fate): (f64, f64) = (rng.random(), rng.random());
+        let fate = if fast < errors.fast_503 {
+            Fate::Fast503
+        } else if fate < errors.hang {
+            Fate::Hang
+        } else if fate < errors.hang + errors.slow_500 {
+            Fate::Slow500
+        } else {
+            Fate::Serve
+        };
+        Draw {
+            fate,
+            service_ms: self.service_for(path).sample(rng),
+        }
     }
 
     /// When the backend first comes up (0 unless it joins late).

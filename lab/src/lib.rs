@@ -6,11 +6,13 @@
 //! runs.
 //!
 //! Module map:
+//! * [`arrivals`]: the arrival schedule, one stream for the generator and the model.
 //! * [`bench`](mod@bench): open-loop load generation and its reports.
 //! * [`scenario`]: benchmark scenarios (fleet, load, request mix).
 //! * [`lab`]: the scenario runner (fresh fleet and proxy per strategy, peers, charts).
 //! * [`des`]: the discrete-event model and its references.
 
+pub mod arrivals;
 pub mod bench;
 pub mod des;
 pub mod lab;

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hyper::header::HeaderValue;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use super::control::{Control, Stats};
@@ -33,14 +33,7 @@ pub(crate) enum Padding {
     Total(usize),
 }
 
-/// What happens to a request, drawn on arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fate {
-    Serve,
-    Fast503,
-    Slow500,
-    Hang,
-}
+pub(crate) use crate::model::Fate;
 
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -147,21 +140,10 @@ impl Sim {
         let mut m = lock(&self.model);
         let Model { profile, rng } = &mut *m;
         let e = profile.effective(t).errors;
-        // Two draws, as the discrete-event model makes them: a fast 503 first,
-        // then the fate of the others (so P(hang) = (1 - fast_503) × hang).
-        let (fast, fate): (f64, f64) = (rng.random(), rng.random());
-        let fate = if fast < e.fast_503 {
-            Fate::Fast503
-        } else if fate < e.hang {
-            Fate::Hang
-        } else if fate < e.hang + e.slow_500 {
-            Fate::Slow500
-        } else {
-            Fate::Serve
-        };
+        let draw = profile.draw(&e, path, rng);
         Plan {
-            fate,
-            service_ms: profile.service_for(path).sample(rng),
+            fate: draw.fate,
+            service_ms: draw.service_ms,
             queue: profile.queue,
             orca: profile.orca,
         }
