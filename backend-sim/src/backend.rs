@@ -62,7 +62,12 @@ pub fn parse_service_ms(value: &str) -> Option<f64> {
         if parts.next()? != SERVICE_METRIC {
             return None;
         }
-        parts.find_map(|p| p.strip_prefix("dur=")?.parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0))
+        parts.find_map(|p| {
+            p.strip_prefix("dur=")?
+                .parse::<f64>()
+                .ok()
+                .filter(|d| d.is_finite() && *d >= 0.0)
+        })
     })
 }
 /// Path answered by health checks.

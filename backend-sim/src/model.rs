@@ -234,9 +234,9 @@ pub struct Draw {
 /// same draws: request 1234 sent to `b-3` gets the same service time whoever sent it there.
 pub fn request_stream(seed: u64, backend: &str, request: u64) -> SmallRng {
     // FNV-1a of the id: stable across processes and builds (unlike `RandomState`).
-    let id = backend
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let id = backend.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     SmallRng::seed_from_u64(mix64(mix64(seed ^ id.rotate_left(17)) ^ request))
 }
 

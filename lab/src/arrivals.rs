@@ -116,7 +116,11 @@ mod tests {
     use crate::bench::RequestClass;
 
     fn spec(seed: u64) -> LoadSpec {
-        let mut s = LoadSpec::new("http://127.0.0.1:1/".parse().expect("url"), 200.0, Duration::from_secs(5));
+        let mut s = LoadSpec::new(
+            "http://127.0.0.1:1/".parse().expect("url"),
+            200.0,
+            Duration::from_secs(5),
+        );
         s.warmup = Duration::from_secs(1);
         s.seed = seed;
         s.classes = ["a", "b"]

@@ -865,10 +865,15 @@ impl Sim {
         if r.measured {
             let answer = match outcome {
                 Outcome::Backend(status, b) => Answer::Response {
+                    service: None,
                     status,
                     backend: Some(self.ids[b as usize].clone()),
                 },
-                Outcome::Proxy(status) => Answer::Response { status, backend: None },
+                Outcome::Proxy(status) => Answer::Response {
+                    status,
+                    backend: None,
+                    service: None,
+                },
                 Outcome::Timeout => Answer::Timeout,
             };
             let (at, latency) = (r.arrival_ns, now - r.arrival_ns);

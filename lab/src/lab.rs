@@ -1,20 +1,31 @@
 //! The scenario runner behind `nb-bench --scenario`: for each strategy a fresh fleet
 //! (`backend-sim`) and a fresh proxy (`neurabalancer`, or a peer: nginx, HAProxy), a
 //! warm-up, a measured window and a teardown; strategies interleaved within each
-//! repetition (A B C, A B C, …) so that a drift of the machine spreads over all of them.
+//! repetition and the order rotated between repetitions (A B C, B C A, C A B, …), so that
+//! a drift of the machine, or a position in the order, spreads over all of them.
 //! `--simulate` runs the same scenarios through the discrete-event model instead
-//! ([`crate::des`]), in seconds, with `oracle` as the ceiling.
+//! ([`crate::des`]), in seconds, with its references (`greedy`, `clairvoyant`).
+//!
+//! Common random numbers: in repetition `r` every strategy gets the same seed
+//! ([`rep_seed`]): the same arrivals ([`crate::arrivals`]) and, because the generator tells
+//! each backend the request's index and the fleet runs with that seed, the same fate and
+//! service time for a request at a given backend. Differences within a repetition are the
+//! strategies'; ratios are paired per repetition ([`results::paired_ratio`]).
 //!
 //! One run, in order:
 //! 1. Free loopback ports for every backend, the proxy and its admin API.
 //! 2. A fleet file (`backends:` with each scenario profile and its `listen`) and
-//!    `backend-sim --fleet FILE --epoch-unix-ms T`, where `T` is the moment the load
-//!    will start: the scenario's phase times count from it, warm-up included.
+//!    `backend-sim --fleet FILE --epoch-unix-ms T --seed S --stats-listen ADDR`, where `T`
+//!    is the moment the load will start (the scenario's phase times count from it, warm-up
+//!    included) and `S` the repetition's seed.
 //! 3. The proxy's files ([`configs`]) and the proxy, with one worker thread; it must be
 //!    ready (`GET /health/ready` = 200 for `neurabalancer`, listening for the peers)
 //!    before `T`, else everything is torn down and started again with more slack.
 //! 4. The load ([`bench::run_from`]) starting exactly at `T`, then a check that neither
-//!    child died during the run.
+//!    child died during the run, and the routing decisions: how many measured requests each
+//!    backend received (the fleet's `/stats`, timeouts included).
+//! 6. A run whose generator lagged ([`bench::LAG_P99_LIMIT_MS`]) is run again, up to
+//!    [`LAG_RERUNS`] times; if it still lags it is kept, flagged in the results.
 //! 5. Teardown: every child's process group is killed and the temp dir removed
 //!    ([`procs`]), also on errors, panics and Ctrl-C (the guards are dropped).
 
@@ -25,6 +36,7 @@ mod simulate;
 pub mod svg;
 pub mod target;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +61,8 @@ const START_ATTEMPTS: u32 = 3;
 const READY_LIMIT: Duration = Duration::from_secs(20);
 /// Readiness must be reached at least this long before the load starts.
 const READY_MARGIN: Duration = Duration::from_millis(100);
+/// Times a run whose generator lagged is run again.
+pub const LAG_RERUNS: u32 = 2;
 
 /// What a lab run needs besides the scenario.
 #[derive(Debug, Clone)]
@@ -227,11 +241,27 @@ pub async fn run_scenario(
     let run_secs = scenario.warmup_s + scenario.duration_s;
     for rep in 0..opts.reps {
         let seed = rep_seed(scenario, rep);
-        for t in &targets {
+        for t in rotated(&targets, rep) {
             progress.set_message(format!("{} rep {}/{}: {t}", scenario.name, rep + 1, opts.reps));
             let base = progress.position();
             let ticker = tick_progress(progress.clone(), base, run_secs);
-            let outcome = run_once(scenario, t, seed, opts, &mut budget).await;
+            let mut outcome = run_once(scenario, t, seed, opts, &mut budget).await;
+            for _ in 0..LAG_RERUNS {
+                match &outcome {
+                    Ok(r) if r.lagging => {
+                        progress.suspend(|| {
+                            eprintln!(
+                                "nb-bench: {} rep {}: {t}: the generator lagged (lag p99 {:.1} ms), running it again",
+                                scenario.name,
+                                rep + 1,
+                                r.dispatch_lag_ms.p99
+                            )
+                        });
+                        outcome = run_once(scenario, t, seed, opts, &mut budget).await;
+                    }
+                    _ => break,
+                }
+            }
             ticker.abort();
             progress.set_position(base + (run_secs * 1000.0) as u64);
             match outcome {
@@ -256,8 +286,18 @@ pub async fn run_scenario(
     finish(file, scenario, names, opts.reps, runs, skipped, started, baseline)
 }
 
-/// Assembles a [`ScenarioResult`]; the baseline is `baseline`, else `oracle` when it
-/// ran, else the first strategy.
+/// `targets` rotated left by `rep`: repetition `r` starts with the `r`-th strategy.
+pub fn rotated<T>(targets: &[T], rep: u32) -> impl Iterator<Item = &T> {
+    let k = if targets.is_empty() {
+        0
+    } else {
+        rep as usize % targets.len()
+    };
+    targets[k..].iter().chain(&targets[..k])
+}
+
+/// Assembles a [`ScenarioResult`]; the baseline is `baseline`, else the first strategy
+/// that ran.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     file: &Path,
@@ -282,13 +322,6 @@ fn finish(
     let ran = |name: &String| runs.iter().any(|r| &r.strategy == name);
     let baseline = baseline
         .filter(ran)
-        .or_else(|| {
-            strategies
-                .iter()
-                .find(|s| *s == target::ORACLE)
-                .filter(|s| ran(s))
-                .cloned()
-        })
         .or_else(|| strategies.iter().find(|s| ran(s)).cloned())
         .unwrap_or_default();
     let aggregates = results::aggregate(&strategies, &runs, &baseline);
@@ -339,7 +372,17 @@ async fn run_once(
         let started = Instant::now();
         let epoch = started + *budget;
         let epoch_unix_ms = unix_ms() + u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
-        let (mut fleet, servers) = start_fleet(scenario, opts, dir.path(), epoch_unix_ms).await?;
+        let stats = SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            procs::free_ports(1).map_err(|e| format!("ports: {e}"))?[0],
+        ));
+        let fleet_run = FleetRun {
+            epoch_unix_ms,
+            seed,
+            stats,
+            orca: !target.orca_off(),
+        };
+        let (mut fleet, servers) = start_fleet(scenario, opts, dir.path(), &fleet_run).await?;
         let ports = procs::free_ports(2).map_err(|e| format!("ports: {e}"))?;
         let front = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
@@ -352,9 +395,10 @@ async fn run_once(
         }
         *budget = MIN_STARTUP + startup.mul_f64(1.5);
         let spec = load_spec(scenario, front, seed);
-        let report = bench::run_from(&spec, Some(epoch)).await.map_err(|e| e.to_string())?;
+        let mut report = bench::run_from(&spec, Some(epoch)).await.map_err(|e| e.to_string())?;
         fleet.check_running()?;
         proxy.check_running()?;
+        report.set_decisions(fleet_decisions(stats).await?);
         drop((proxy, fleet, dir));
         return Ok(report.with_label(target.to_string()));
     }
@@ -363,18 +407,31 @@ async fn run_once(
     ))
 }
 
-/// Starts the scenario's fleet on free ports with `epoch_unix_ms` as its clock's zero;
-/// returns it and (id, address) per backend once those up at the start listen.
+/// How one run's fleet is started.
+struct FleetRun {
+    /// Its clock's zero: the start of the load.
+    epoch_unix_ms: u64,
+    /// The repetition's seed (every backend's draws).
+    seed: u64,
+    /// The fleet-wide `/stats` listener.
+    stats: SocketAddr,
+    /// `false`: every backend's ORCA load report is off (an `@no_orca` ablation).
+    orca: bool,
+}
+
+/// Starts the scenario's fleet on free ports; returns it and (id, address) per backend
+/// once those up at the start listen.
 async fn start_fleet(
     scenario: &Scenario,
     opts: &LabOptions,
     dir: &Path,
-    epoch_unix_ms: u64,
+    run: &FleetRun,
 ) -> Result<(ChildGuard, Vec<(String, SocketAddr)>), String> {
     let mut profiles = scenario.profiles();
     let ports = procs::free_ports(profiles.len()).map_err(|e| format!("ports: {e}"))?;
     for (p, port) in profiles.iter_mut().zip(ports) {
         p.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        p.orca &= run.orca;
     }
     let servers: Vec<(String, SocketAddr)> = profiles
         .iter()
@@ -391,11 +448,34 @@ async fn start_fleet(
     cmd.arg("--fleet")
         .arg(&file)
         .arg("--epoch-unix-ms")
-        .arg(epoch_unix_ms.to_string())
+        .arg(run.epoch_unix_ms.to_string())
+        .arg("--seed")
+        .arg(run.seed.to_string())
+        .arg("--stats-listen")
+        .arg(run.stats.to_string())
         .env("RUST_LOG", "warn");
     let mut fleet = ChildGuard::spawn("backend-sim", &mut cmd, &dir.join("fleet.log")).map_err(|e| e.to_string())?;
-    procs::wait_listening(&mut fleet, &up_at_start, READY_LIMIT).await?;
+    let mut wait_for = up_at_start;
+    wait_for.push(run.stats);
+    procs::wait_listening(&mut fleet, &wait_for, READY_LIMIT).await?;
     Ok((fleet, servers))
+}
+
+/// The measured requests each backend of the fleet received (its `measured` count), from
+/// the fleet-wide `/stats` on `stats`: the routing decisions of the run, timeouts included.
+async fn fleet_decisions(stats: SocketAddr) -> Result<BTreeMap<String, u64>, String> {
+    #[derive(serde::Deserialize)]
+    struct BackendCount {
+        id: String,
+        measured: u64,
+    }
+    let body = tokio::task::spawn_blocking(move || http_get_body(stats, "/stats"))
+        .await
+        .map_err(|e| format!("fleet stats: {e}"))?
+        .map_err(|e| format!("fleet stats on {stats}: {e}"))?;
+    let counts: Vec<BackendCount> =
+        serde_json::from_str(&body).map_err(|e| format!("fleet stats on {stats}: {e}: {body}"))?;
+    Ok(counts.into_iter().map(|c| (c.id, c.measured)).collect())
 }
 
 /// Starts the proxy in front of `servers` on `front` and waits until it is ready.
@@ -415,10 +495,10 @@ async fn start_front(
     };
     let log = dir.join("proxy.log");
     let mut child = match target {
-        Target::Ours(strategy) => {
+        Target::Ours(_) => {
             write(
                 "upstreams.yaml",
-                configs::neurabalancer_upstreams(strategy, scenario.pool.as_ref(), servers),
+                configs::neurabalancer_upstreams(target.strategy(), scenario.pool.as_ref(), servers),
             )?;
             let main = write("neurabalancer.yaml", configs::neurabalancer_main(front, admin, dir))?;
             let mut cmd = Command::new(&opts.proxy_bin);
@@ -456,4 +536,26 @@ async fn start_front(
     };
     procs::wait_listening(&mut child, &[front], READY_LIMIT).await?;
     Ok(child)
+}
+
+/// The body of a one-shot `GET` answered 200 (blocking, `Connection: close`, short
+/// timeouts; for the fleet's stats).
+fn http_get_body(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("not an HTTP answer"))?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(bad("not a 200"));
+    }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(bad("chunked answers are not read here"));
+    }
+    Ok(body.to_owned())
 }

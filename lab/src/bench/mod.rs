@@ -60,19 +60,24 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::Uri;
+use hyper::header::HeaderValue;
+use hyper::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
 use report::Outcome;
-pub use report::{Answer, ClassReport, LatencySummary, Recorder, Report, RunInfo, WindowReport, WINDOW};
+pub use report::{
+    pooled_histogram, Answer, ClassReport, LatencySummary, Recorder, Report, RunInfo, WindowReport, LAG_P99_LIMIT_MS,
+    WINDOW,
+};
 pub use table::{format_table, print_table};
 
-use backend_sim::backend::BACKEND_ID_HEADER;
+use crate::arrivals::{Arrival, Schedule};
+use backend_sim::backend::{
+    parse_service_ms, BACKEND_ID_HEADER, MEASURED_HEADER, REQUEST_INDEX_HEADER, SERVER_TIMING_HEADER,
+};
 
 /// How long the reachability check before the warm-up may take at least (the
 /// deadline is used if it is longer): a slow backend is not an unreachable one.
@@ -200,10 +205,6 @@ impl LoadSpec {
         (self.rate + self.ramp_to.unwrap_or(self.rate)) / 2.0
     }
 
-    fn peak_rate(&self) -> f64 {
-        self.rate.max(self.ramp_to.unwrap_or(self.rate))
-    }
-
     fn class_url(&self, path: &str) -> Option<Uri> {
         let authority = self.url.authority()?;
         format!("http://{authority}{path}").parse().ok()
@@ -270,8 +271,8 @@ pub async fn run_from(spec: &LoadSpec, start: Option<Instant>) -> Result<Report,
     Ok(tally.finish(Some(offered)))
 }
 
-/// Sends the requests of the schedule, each at its intended time on its own
-/// task; returns how many fell in the measured window.
+/// Sends the requests of the schedule ([`Schedule`]), each at its intended time on its
+/// own task; returns how many fell in the measured window.
 fn schedule(
     spec: &LoadSpec,
     start: Instant,
@@ -279,76 +280,50 @@ fn schedule(
     runtime: &tokio::runtime::Handle,
     tx: mpsc::UnboundedSender<Outcome>,
 ) -> u64 {
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let urls = spec.urls();
-    let weights: Vec<f64> = spec.classes.iter().map(|c| c.weight).collect();
-    let total_weight: f64 = weights.iter().sum();
-    let peak = spec.peak_rate();
-    let end = spec.warmup + spec.duration;
-    let mut at = Duration::ZERO;
     let mut measured = 0;
-    loop {
-        // Inverse transform: 1 - u is in (0, 1], so the logarithm is finite.
-        let u: f64 = rng.random();
-        at += Duration::from_secs_f64(-(1.0 - u).ln() / peak);
-        if at >= end || tx.is_closed() {
-            return measured;
+    for arrival in Schedule::new(spec) {
+        if tx.is_closed() {
+            break;
         }
-        // Thinning; a constant rate draws nothing here, so its schedule is
-        // the plain Poisson one.
-        let rate = spec.rate_at(at);
-        if rate < peak && rng.random::<f64>() * peak >= rate {
-            continue;
-        }
-        let class = if urls.len() > 1 {
-            pick(&weights, rng.random::<f64>() * total_weight)
-        } else {
-            0
-        };
-        let intended = start + at;
+        let intended = start + arrival.at;
         let now = Instant::now();
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        measured += u64::from(at >= spec.warmup);
+        measured += u64::from(arrival.measured);
         runtime.spawn(request(
             client.clone(),
-            urls[class].clone(),
-            Sent { start, at, class },
+            urls[arrival.class].clone(),
+            Sent { start, arrival },
             spec.deadline,
             tx.clone(),
         ));
     }
-}
-
-/// The index whose cumulative weight first exceeds `x` (`x` in `[0, total)`).
-fn pick(weights: &[f64], mut x: f64) -> usize {
-    for (i, w) in weights.iter().enumerate() {
-        if x < *w {
-            return i;
-        }
-        x -= w;
-    }
-    weights.len().saturating_sub(1)
+    measured
 }
 
 /// When and what a request of the schedule is.
 struct Sent {
     start: Instant,
-    /// Intended send time from `start`.
-    at: Duration,
-    class: usize,
+    arrival: Arrival,
 }
 
 /// One request of the schedule; reports its outcome on `tx`.
 async fn request(client: HttpClient, url: Uri, sent: Sent, deadline: Duration, tx: mpsc::UnboundedSender<Outcome>) {
-    let intended = sent.start + sent.at;
+    let Arrival {
+        index,
+        at,
+        class,
+        measured,
+    } = sent.arrival;
+    let intended = sent.start + at;
     let now = Instant::now();
     let dispatched = now.saturating_duration_since(sent.start);
     let outcome = |latency, answer| Outcome {
-        at: sent.at,
+        at,
         dispatched,
-        class: sent.class,
+        class,
         latency,
         answer,
     };
@@ -359,10 +334,11 @@ async fn request(client: HttpClient, url: Uri, sent: Sent, deadline: Duration, t
         return;
     }
     let due = tokio::time::Instant::from_std(intended + deadline);
-    let answer = match tokio::time::timeout_at(due, exchange(&client, url)).await {
+    let req = get(url, Some((index, measured)));
+    let answer = match tokio::time::timeout_at(due, exchange(&client, req)).await {
         Err(_elapsed) => Answer::Timeout,
         Ok(Err(err)) => Answer::Failed(err),
-        Ok(Ok((status, backend))) => Answer::Response { status, backend },
+        Ok(Ok(answer)) => answer,
     };
     // A timer may fire a little late: the tally counts whatever ran out, or
     // came in after the deadline, as a timeout at the deadline.
@@ -371,27 +347,53 @@ async fn request(client: HttpClient, url: Uri, sent: Sent, deadline: Duration, t
     let _ = tx.send(outcome(latency, answer));
 }
 
-/// Sends one `GET` and reads the whole response; returns its status and the
-/// backend that answered.
-async fn exchange(client: &HttpClient, url: Uri) -> Result<(u16, Option<String>), String> {
-    let resp = client.get(url).await.map_err(|e| error_chain(&e))?;
+/// A `GET` of `url`; with `tag`, the schedule's request index and whether it is measured,
+/// for the backends ([`REQUEST_INDEX_HEADER`], [`MEASURED_HEADER`]).
+fn get(url: Uri, tag: Option<(u64, bool)>) -> Request<Empty<Bytes>> {
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = url;
+    if let Some((index, measured)) = tag {
+        let headers = req.headers_mut();
+        headers.insert(REQUEST_INDEX_HEADER, HeaderValue::from(index));
+        if measured {
+            headers.insert(MEASURED_HEADER, HeaderValue::from_static("1"));
+        }
+    }
+    req
+}
+
+/// Sends one request and reads the whole response: its status, the backend that answered
+/// and the service time it reported.
+async fn exchange(client: &HttpClient, req: Request<Empty<Bytes>>) -> Result<Answer, String> {
+    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
     let status = resp.status().as_u16();
     let backend = resp
         .headers()
         .get(BACKEND_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let service = resp
+        .headers()
+        .get_all(SERVER_TIMING_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_service_ms)
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
         frame.map_err(|e| error_chain(&e))?;
     }
-    Ok((status, backend))
+    Ok(Answer::Response {
+        status,
+        backend,
+        service,
+    })
 }
 
 async fn probe(client: &HttpClient, spec: &LoadSpec) -> Result<(), BenchError> {
     let limit = spec.deadline.max(PROBE_TIMEOUT);
     let url = spec.urls().swap_remove(0);
-    let reason = match tokio::time::timeout(limit, exchange(client, url.clone())).await {
+    let reason = match tokio::time::timeout(limit, exchange(client, get(url.clone(), None))).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(err)) => err,
         Err(_) => format!("no response within {limit:?}"),

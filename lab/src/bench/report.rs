@@ -4,6 +4,27 @@
 //! from the network, and a model (the discrete-event simulation behind
 //! `nb-bench --simulate`) can feed it simulated requests, so that both report
 //! with exactly the same rules (measured window, deadline, windows, shares).
+//!
+//! # What the figures mean
+//!
+//! * **Headline latency** (`latency_ms`, the timeline, the per-class figures): every
+//!   request of the measured window, every failure (a non-2xx answer, a refused or reset
+//!   connection, a timeout) counted *at the deadline*. A strategy cannot lower its p99 by
+//!   failing fast: a 503 in 1 ms weighs as much as a request that never came back. Every
+//!   ratio of the lab uses this figure.
+//! * **Success latency** (`success_latency_ms`): the 2xx answers only, what a user whose
+//!   request worked waited; read it beside the error rate.
+//! * **Queueing delay** (`queueing_ms`): latency minus the request's own service time, which
+//!   the backend reports in `server-timing: service;dur=…`: the waiting (in the proxy, on the
+//!   network, in the backend's queue) that a load balancer controls. Over the answers that
+//!   carried the header.
+//! * **Generator lag** (`dispatch_lag_ms`): how late requests were sent. A run whose lag p99
+//!   exceeds [`LAG_P99_LIMIT_MS`] is flagged (`lagging`): its latencies include the
+//!   generator's own delay.
+//! * **Shares**: `share` counts routing *decisions* per backend (set by the lab from the
+//!   backends' own counts, or by the model at each pick), timeouts included;
+//!   `response_share` counts answers by their `x-backend-id`, which loses every request that
+//!   timed out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +34,9 @@ use serde::{Deserialize, Serialize};
 
 /// Largest latency the histogram tells apart (larger ones saturate): an hour.
 const MAX_MICROS: u64 = 3_600_000_000;
+
+/// A run whose generator lag p99 exceeds this (ms) is flagged as lagging.
+pub const LAG_P99_LIMIT_MS: f64 = 5.0;
 
 /// Width of the windows of [`Report::timeline`].
 pub const WINDOW: Duration = Duration::from_secs(1);
@@ -41,6 +65,8 @@ pub enum Answer {
         status: u16,
         /// The backend that served it, if known.
         backend: Option<String>,
+        /// The request's own service time, if the backend said (`server-timing`).
+        service: Option<Duration>,
     },
     /// Not answered within the deadline.
     Timeout,
@@ -66,7 +92,11 @@ pub struct ClassReport {
     pub ok: u64,
     /// `(sent - ok) / sent`.
     pub error_rate: f64,
+    /// Headline: failures at the deadline.
     pub latency_ms: LatencySummary,
+    /// 2xx answers only.
+    #[serde(default)]
+    pub success_latency_ms: LatencySummary,
 }
 
 /// One [`WINDOW`] of the measured window, by intended send time.
@@ -87,8 +117,8 @@ pub struct WindowReport {
 ///
 /// Counts cover the requests whose intended send time fell in the measured
 /// window. `sent = ok + errors`; errors are non-2xx responses, `timeouts`
-/// and `failures` (connection errors). Latencies of timeouts are recorded as
-/// the deadline.
+/// and `failures` (connection errors). In `latency_ms` every error is recorded
+/// at the deadline (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Name of the run in tables; [`run`](super::run) sets the URL.
@@ -115,13 +145,37 @@ pub struct Report {
     pub failures: u64,
     /// The first connection error's message, if any.
     pub first_failure: Option<String>,
+    /// Headline latency: every failure at the deadline.
     pub latency_ms: LatencySummary,
+    /// Latency of the 2xx answers only.
+    #[serde(default)]
+    pub success_latency_ms: LatencySummary,
+    /// Latency minus the request's own service time, over the answers that reported it.
+    #[serde(default)]
+    pub queueing_ms: LatencySummary,
+    /// Answers that reported their service time (the population of `queueing_ms`).
+    #[serde(default)]
+    pub queueing_count: u64,
     /// How late requests were started after their intended send time (part
     /// of their latency): the generator's own delay, which should stay far
     /// below the latencies measured.
     pub dispatch_lag_ms: LatencySummary,
-    /// Fraction of the responses (any status) that each `x-backend-id` served.
+    /// `dispatch_lag_ms.p99` exceeded [`LAG_P99_LIMIT_MS`].
+    #[serde(default)]
+    pub lagging: bool,
+    /// Fraction of the measured routing decisions that went to each backend (timeouts
+    /// included); empty when nobody counted them (a plain `--url` run).
     pub share: BTreeMap<String, f64>,
+    /// Measured routing decisions per backend (the counts behind `share`).
+    #[serde(default)]
+    pub decisions: BTreeMap<String, u64>,
+    /// Fraction of the responses (any status) that each `x-backend-id` served.
+    #[serde(default)]
+    pub response_share: BTreeMap<String, f64>,
+    /// The headline latency histogram as (µs, count) pairs, so that repetitions can be
+    /// pooled for p99.9 and max.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histogram_us: Vec<(u64, u64)>,
     /// Responses per status code.
     pub status_counts: BTreeMap<String, u64>,
     /// Per request class, when the run had named classes.
@@ -157,7 +211,10 @@ pub struct Recorder {
     info: RunInfo,
     class_names: Vec<String>,
     hist: Histogram<u64>,
+    ok_hist: Histogram<u64>,
+    queueing: Histogram<u64>,
     lag: Histogram<u64>,
+    decisions: BTreeMap<String, u64>,
     dispatched: u64,
     sent: u64,
     ok: u64,
@@ -172,6 +229,7 @@ pub struct Recorder {
 
 struct ClassTally {
     hist: Histogram<u64>,
+    ok_hist: Histogram<u64>,
     sent: u64,
     ok: u64,
 }
@@ -191,7 +249,10 @@ impl Recorder {
         Self {
             class_names: classes.to_vec(),
             hist: histogram(),
+            ok_hist: histogram(),
+            queueing: histogram(),
             lag: histogram(),
+            decisions: BTreeMap::new(),
             dispatched: 0,
             sent: 0,
             ok: 0,
@@ -204,6 +265,7 @@ impl Recorder {
                 .iter()
                 .map(|_| ClassTally {
                     hist: histogram(),
+                    ok_hist: histogram(),
                     sent: 0,
                     ok: 0,
                 })
@@ -230,6 +292,18 @@ impl Recorder {
         });
     }
 
+    /// Records that a request sent at `at` was routed to `backend` (each attempt counts).
+    pub fn decision(&mut self, at: Duration, backend: &str) {
+        if self.in_window(at) {
+            match self.decisions.get_mut(backend) {
+                Some(n) => *n += 1,
+                None => {
+                    self.decisions.insert(backend.to_owned(), 1);
+                }
+            }
+        }
+    }
+
     pub(crate) fn add(&mut self, o: Outcome) {
         if self.in_window(o.dispatched) {
             self.dispatched += 1;
@@ -244,15 +318,29 @@ impl Recorder {
             answer => (answer, o.latency),
         };
         let ok = matches!(answer, Answer::Response { status, .. } if (200..300).contains(&status));
-        let us = micros(latency);
+        // Headline: a failure weighs as much as a request that never came back.
+        let us = micros(if ok { latency } else { deadline });
         self.sent += 1;
         self.ok += u64::from(ok);
         self.hist.saturating_record(us);
+        if ok {
+            self.ok_hist.saturating_record(us);
+        }
+        if let Answer::Response {
+            service: Some(service), ..
+        } = &answer
+        {
+            self.queueing
+                .saturating_record(micros(latency.saturating_sub(*service)));
+        }
         self.lag.saturating_record(micros(o.dispatched.saturating_sub(o.at)));
         if let Some(c) = self.classes.get_mut(o.class) {
             c.sent += 1;
             c.ok += u64::from(ok);
             c.hist.saturating_record(us);
+            if ok {
+                c.ok_hist.saturating_record(us);
+            }
         }
         let index = ((o.at - self.info.warmup).as_secs_f64() / WINDOW.as_secs_f64()) as usize;
         if let Some(w) = self.windows.get_mut(index) {
@@ -261,7 +349,7 @@ impl Recorder {
             w.hist.get_or_insert_with(histogram).saturating_record(us);
         }
         match answer {
-            Answer::Response { status, backend } => {
+            Answer::Response { status, backend, .. } => {
                 *self.statuses.entry(status).or_default() += 1;
                 if let Some(id) = backend {
                     *self.backends.entry(id).or_default() += 1;
@@ -284,7 +372,8 @@ impl Recorder {
         let errors = self.sent - self.ok;
         let offered = offered.unwrap_or(self.sent);
         let warmup_s = info.warmup.as_secs_f64();
-        Report {
+        let lag = LatencySummary::of(&self.lag);
+        let mut report = Report {
             label: info.label,
             url: info.url,
             target_rps: info.target_rps,
@@ -303,11 +392,22 @@ impl Recorder {
             failures: self.failures,
             first_failure: self.first_failure,
             latency_ms: LatencySummary::of(&self.hist),
-            dispatch_lag_ms: LatencySummary::of(&self.lag),
-            share: self
+            success_latency_ms: LatencySummary::of(&self.ok_hist),
+            queueing_ms: LatencySummary::of(&self.queueing),
+            queueing_count: self.queueing.len(),
+            lagging: lag.p99 > LAG_P99_LIMIT_MS,
+            dispatch_lag_ms: lag,
+            share: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            response_share: self
                 .backends
                 .into_iter()
                 .map(|(id, n)| (id, ratio(n, answered)))
+                .collect(),
+            histogram_us: self
+                .hist
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
                 .collect(),
             status_counts: self
                 .statuses
@@ -324,6 +424,7 @@ impl Recorder {
                         ok: c.ok,
                         error_rate: ratio(c.sent - c.ok, c.sent),
                         latency_ms: LatencySummary::of(&c.hist),
+                        success_latency_ms: LatencySummary::of(&c.ok_hist),
                     };
                     (name, report)
                 })
@@ -344,7 +445,9 @@ impl Recorder {
                     }
                 })
                 .collect(),
-        }
+        };
+        report.set_decisions(self.decisions);
+        report
     }
 }
 
@@ -356,9 +459,21 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A histogram of the (µs, count) pairs of [`Report::histogram_us`] of several runs
+/// (pooled repetitions).
+pub fn pooled_histogram<'a>(parts: impl IntoIterator<Item = &'a [(u64, u64)]>) -> Histogram<u64> {
+    let mut h = histogram();
+    for part in parts {
+        for &(us, n) in part {
+            let _ = h.record_n(us.min(MAX_MICROS), n);
+        }
+    }
+    h
+}
+
 impl LatencySummary {
     /// Summary of a histogram of microseconds (all zero when it is empty).
-    fn of(h: &Histogram<u64>) -> Self {
+    pub fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Self::default();
         }
@@ -383,6 +498,14 @@ fn ratio(n: u64, of: u64) -> f64 {
 }
 
 impl Report {
+    /// Sets the routing decisions per backend (and `share` from them); empty counts leave
+    /// both empty.
+    pub fn set_decisions(&mut self, decisions: BTreeMap<String, u64>) {
+        let total: u64 = decisions.values().sum();
+        self.share = decisions.iter().map(|(b, n)| (b.clone(), ratio(*n, total))).collect();
+        self.decisions = decisions;
+    }
+
     /// Sets the label shown in tables and JSON.
     #[must_use]
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
@@ -401,7 +524,11 @@ mod tests {
 
     fn resp(status: u16, backend: &str) -> Answer {
         let backend = Some(backend.to_owned());
-        Answer::Response { status, backend }
+        Answer::Response {
+            status,
+            backend,
+            service: None,
+        }
     }
 
     fn info() -> RunInfo {
@@ -437,7 +564,19 @@ mod tests {
         assert_eq!((r.offered_rps, r.achieved_rps, r.goodput_rps), (5.0, 5.0, 2.0));
         assert_eq!(r.error_rate, 0.6);
         assert_eq!(r.status_counts, [("200".to_owned(), 2), ("503".to_owned(), 1)].into());
-        assert!((r.share["b"] - 2.0 / 3.0).abs() < 1e-12, "{:?}", r.share);
+        assert!(
+            (r.response_share["b"] - 2.0 / 3.0).abs() < 1e-12,
+            "{:?}",
+            r.response_share
+        );
+        assert!(r.share.is_empty() && r.decisions.is_empty());
+        // The 503 and the refused connection sit at the deadline; successes took 2 and 4 ms.
+        assert!((99.9..=100.1).contains(&r.latency_ms.p50), "{:?}", r.latency_ms);
+        assert!(
+            (3.9..=4.1).contains(&r.success_latency_ms.max),
+            "{:?}",
+            r.success_latency_ms
+        );
         assert!((99.9..=100.1).contains(&r.latency_ms.max), "{:?}", r.latency_ms);
         assert!(r.classes.is_empty());
         assert_eq!(r.timeline.len(), 1);
@@ -449,8 +588,13 @@ mod tests {
         let table = crate::bench::format_table(&[r]);
         let lines: Vec<_> = table.lines().collect();
         assert!(lines[0].starts_with("label          sent    ok      errors  err%   achieved/offered  p50"));
-        assert!(lines[1].starts_with("x              5       2       3       60.00  5.0/5.0           2.00ms"));
-        assert_eq!(lines[2], "share per backend: a 33.3%  b 66.7%");
+        assert!(
+            lines[1].starts_with("x              5       2       3       60.00  5.0/5.0           100ms    100ms    100ms    100ms    100ms    4.00ms   -        "),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[0].ends_with("ok-p99   queue-p99 lag-p99"), "{}", lines[0]);
+        assert_eq!(lines[2], "responses per backend: a 33.3%  b 66.7%");
     }
 
     #[test]
@@ -471,5 +615,110 @@ mod tests {
         let t: Vec<(f64, u64, u64)> = r.timeline.iter().map(|w| (w.t_s, w.sent, w.errors)).collect();
         assert_eq!(t, [(1.0, 1, 0), (2.0, 1, 1), (3.0, 1, 0)]);
         assert!((6.9..=7.1).contains(&r.timeline[2].p99_ms), "{:?}", r.timeline);
+    }
+
+    fn measured(tally: &mut Recorder, n: u64, latency_ms: u64, answer: &Answer) {
+        for i in 0..n {
+            tally.record(
+                Duration::from_micros(1_000_000 + i * 900_000 / n),
+                0,
+                ms(latency_ms),
+                answer.clone(),
+            );
+        }
+    }
+
+    #[test]
+    fn a_fast_failing_backend_raises_never_lowers_the_headline_p99() {
+        // 100 requests at 50 ms; then the same load with a fast-failing backend taking a
+        // tenth of them and answering 503 in 1 ms.
+        let mut healthy = Recorder::new(info_with_deadline(1000), &[]);
+        measured(&mut healthy, 100, 50, &resp(200, "a"));
+        let healthy = healthy.finish(None);
+        let mut sinkhole = Recorder::new(info_with_deadline(1000), &[]);
+        measured(&mut sinkhole, 90, 50, &resp(200, "a"));
+        measured(&mut sinkhole, 10, 1, &resp(503, "sink"));
+        let sinkhole = sinkhole.finish(None);
+        assert!(
+            (49.9..=50.1).contains(&healthy.latency_ms.p99),
+            "{:?}",
+            healthy.latency_ms
+        );
+        assert!(sinkhole.latency_ms.p99 >= healthy.latency_ms.p99);
+        assert!(
+            (999.0..=1001.0).contains(&sinkhole.latency_ms.p99),
+            "{:?}",
+            sinkhole.latency_ms
+        );
+        // The fast failures do not flatter the success-only figure either: it ignores them.
+        assert!((49.9..=50.1).contains(&sinkhole.success_latency_ms.p50));
+        assert_eq!(sinkhole.error_rate, 0.1);
+    }
+
+    fn info_with_deadline(deadline_ms: u64) -> RunInfo {
+        RunInfo {
+            deadline: ms(deadline_ms),
+            ..info()
+        }
+    }
+
+    #[test]
+    fn queueing_delay_is_latency_minus_service_and_decisions_make_the_share() {
+        let mut tally = Recorder::new(info(), &[]);
+        let served = |service_ms: u64| Answer::Response {
+            status: 200,
+            backend: Some("a".into()),
+            service: Some(ms(service_ms)),
+        };
+        tally.record(ms(1100), 0, ms(30), served(10));
+        tally.record(ms(1200), 0, ms(12), served(10));
+        tally.record(ms(1300), 0, ms(100), Answer::Timeout);
+        for (at, b) in [
+            (500, "b"),
+            (1100, "a"),
+            (1200, "a"),
+            (1300, "b"),
+            (1400, "b"),
+            (2500, "a"),
+        ] {
+            tally.decision(ms(at), b);
+        }
+        let r = tally.finish(None);
+        assert_eq!(r.queueing_count, 2);
+        assert!((1.99..=2.01).contains(&r.queueing_ms.p50), "{:?}", r.queueing_ms);
+        assert!((19.9..=20.1).contains(&r.queueing_ms.max), "{:?}", r.queueing_ms);
+        // Only the measured window's decisions, the timed-out request's included.
+        assert_eq!(r.decisions, [("a".to_owned(), 2), ("b".to_owned(), 2)].into());
+        assert_eq!(r.share["b"], 0.5);
+        assert_eq!(r.response_share["a"], 1.0);
+    }
+
+    #[test]
+    fn a_lagging_generator_is_flagged_and_histograms_pool() {
+        let mut tally = Recorder::new(info(), &[]);
+        for i in 0..100u64 {
+            let at = ms(1000 + i * 5);
+            let lag = if i < 5 { ms(20) } else { Duration::ZERO };
+            tally.add(Outcome {
+                at,
+                dispatched: at + lag,
+                class: 0,
+                latency: ms(10),
+                answer: resp(200, "a"),
+            });
+        }
+        let lagging = tally.finish(None);
+        assert!(lagging.lagging, "{:?}", lagging.dispatch_lag_ms);
+        let mut calm = Recorder::new(info(), &[]);
+        measured(&mut calm, 100, 30, &resp(200, "a"));
+        let calm = calm.finish(None);
+        assert!(!calm.lagging);
+        let pooled = pooled_histogram([lagging.histogram_us.as_slice(), calm.histogram_us.as_slice()]);
+        assert_eq!(pooled.len(), 200);
+        let summary = LatencySummary::of(&pooled);
+        assert!(
+            (29.9..=30.1).contains(&summary.max) && (9.9..=10.1).contains(&summary.p50),
+            "{summary:?}"
+        );
     }
 }

@@ -31,17 +31,26 @@ impl Report {
                 &fmt_ms(l.p99),
                 &fmt_ms(l.p999),
                 &fmt_ms(l.max),
+                &fmt_ms(self.success_latency_ms.p99),
+                &opt_ms(self.queueing_count > 0, self.queueing_ms.p99),
+                &(fmt_ms(self.dispatch_lag_ms.p99) + if self.lagging { " LAG" } else { "" }),
             ],
         )
     }
 
-    /// `share per backend: backend-1 41.2%  backend-2 …` (no trailing newline).
+    /// `decisions per backend: backend-1 41.2%  backend-2 …` (no trailing newline): the
+    /// routing decisions when they were counted, else the responses by `x-backend-id`.
     pub fn share_line(&self) -> String {
-        let mut line = String::from("share per backend:");
-        if self.share.is_empty() {
+        let (title, share) = if self.share.is_empty() {
+            ("responses per backend:", &self.response_share)
+        } else {
+            ("decisions per backend:", &self.share)
+        };
+        let mut line = String::from(title);
+        if share.is_empty() {
             line.push_str(" (no x-backend-id in any response)");
         }
-        for (i, (id, fraction)) in self.share.iter().enumerate() {
+        for (i, (id, fraction)) in share.iter().enumerate() {
             let sep = if i == 0 { " " } else { "  " };
             let _ = write!(line, "{sep}{id} {:.1}%", fraction * 100.0);
         }
@@ -50,7 +59,10 @@ impl Report {
 }
 
 /// The summary table of `reports`: a header, one row each, then the share
-/// per backend of each (labelled when there are several).
+/// per backend of each (labelled when there are several). Latencies are the headline
+/// ones (failures at the deadline) but `ok-p99` (2xx only), `queue-p99` (latency minus
+/// the backend's service time) and `lag-p99` (the generator's lateness, `LAG` when the run
+/// is flagged).
 pub fn format_table(reports: &[Report]) -> String {
     let width = reports
         .iter()
@@ -93,18 +105,31 @@ fn header_row(label_width: usize) -> String {
         "p99",
         "p99.9",
         "max",
+        "ok-p99",
+        "queue-p99",
+        "lag-p99",
     ];
     row(label_width, titles)
 }
 
-fn row(label_width: usize, cells: [&str; 11]) -> String {
-    const WIDTHS: [usize; 9] = [7, 7, 7, 6, 17, 8, 8, 8, 8];
+/// The label, then the cells at fixed widths (the last one as it is).
+fn row(label_width: usize, cells: [&str; 14]) -> String {
+    const WIDTHS: [usize; 12] = [7, 7, 7, 6, 17, 8, 8, 8, 8, 8, 8, 9];
     let mut line = format!("{:<label_width$} ", cells[0]);
-    for (cell, width) in cells[1..10].iter().zip(WIDTHS) {
+    for (cell, width) in cells[1..13].iter().zip(WIDTHS) {
         let _ = write!(line, "{cell:<width$} ");
     }
-    line.push_str(cells[10]);
+    line.push_str(cells[13]);
     line
+}
+
+/// [`fmt_ms`] when the figure exists, else `-`.
+fn opt_ms(known: bool, ms: f64) -> String {
+    if known {
+        fmt_ms(ms)
+    } else {
+        "-".into()
+    }
 }
 
 /// Milliseconds with three significant digits, as seconds from 1 s on.

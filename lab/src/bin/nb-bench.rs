@@ -34,15 +34,17 @@ struct Args {
     /// model with --simulate). Several may be given, space- or comma-separated.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     scenario: Vec<PathBuf>,
-    /// Strategies, comma-separated, in run order (the first is the default --baseline).
-    /// Ours: round_robin, weighted_round_robin, least_connections, random,
-    /// p2c_ewma (and oracle with --simulate); peers: nginx:least_conn, nginx:random_two,
+    /// Strategies, comma-separated, in run order of the first repetition (the order
+    /// rotates between repetitions; the first is the default --baseline). Ours:
+    /// round_robin, weighted_round_robin, least_connections, random, p2c_ewma, each also as
+    /// NAME@no_orca (backends without ORCA load reports); with --simulate also the
+    /// references greedy and clairvoyant; peers: nginx:least_conn, nginx:random_two,
     /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,
-    /// p2c_ewma; with --simulate every classic strategy and oracle]
+    /// p2c_ewma; with --simulate every classic strategy and both references]
     #[arg(long, conflicts_with = "url")]
     strategies: Option<String>,
-    /// The strategy the others' p99 is divided by [default: the first; oracle with
-    /// --simulate].
+    /// The strategy the others' p99 is divided by, paired per repetition [default: the
+    /// first].
     #[arg(long, conflicts_with_all = ["url", "simulate"])]
     baseline: Option<String>,
     /// Repetitions; each runs every strategy once, in order.
@@ -214,15 +216,32 @@ fn list(files: &[PathBuf]) -> String {
 
 fn notes(simulate: bool) -> Vec<String> {
     let mut notes = vec![
-        "latency counts from each request's intended send time (open-loop Poisson arrivals); a request \
-         unanswered at the deadline fails at the deadline"
+        "latency counts from each request's intended send time (open-loop Poisson arrivals); every failure \
+         (non-2xx, refused, reset, timeout) counts at the deadline in the headline percentiles; ok-p99 is the \
+         2xx answers only"
             .to_owned(),
-        "repetition r uses seed = scenario seed + r for every strategy (same arrivals)".to_owned(),
+        "queueing delay (q-p50, q-p99) = latency minus the request's own service time, as the backend reports \
+         it in server-timing"
+            .to_owned(),
+        "repetition r uses seed = scenario seed + r for every strategy: the same arrivals and the same service \
+         time for a request at a given backend; the order of strategies rotates between repetitions"
+            .to_owned(),
+        "ratios are paired per repetition: geometric mean of per-repetition p99 ratios, 95 % bootstrap interval; \
+         p99.9 and max come from the pooled histogram of all repetitions"
+            .to_owned(),
     ];
     if simulate {
-        notes
-            .push("discrete-event model: p99 ratios are against oracle, which knows every backend's true state".into());
+        notes.push(
+            "discrete-event model: greedy and clairvoyant are references that see what no proxy can (every \
+             backend's true queue; also each request's service time); neither is a ceiling for tail latency"
+                .into(),
+        );
     } else {
+        notes.push(format!(
+            "a run whose generator lag p99 exceeds {} ms is run again (up to {} times) and flagged if it still lags",
+            bench::LAG_P99_LIMIT_MS,
+            lab::LAG_RERUNS
+        ));
         notes.push(
             "every proxy runs with one worker thread (neurabalancer threads: 1, nginx worker_processes 1, \
              haproxy nbthread 1): the load generator and the fleet share this machine"

@@ -1,5 +1,15 @@
 //! What a lab (or simulated) run produces: `results.json`, the comparison table and the
-//! charts, with aggregates as medians over repetitions.
+//! charts.
+//!
+//! Aggregates per strategy: medians over repetitions for the per-run figures (p50, p90,
+//! p99, error rate, queueing delay, lag), pooled histograms of every repetition for p99.9
+//! and max (a median of per-run maxima hides the worst run), and ratios against the
+//! baseline **paired per repetition**: in a repetition every strategy faces the same
+//! arrivals and the same service-time draws, so the ratio of two strategies' p99 in one
+//! repetition cancels most of the noise that separates repetitions. The ratio reported is
+//! the geometric mean of the per-repetition ratios, with a 95 % percentile-bootstrap
+//! interval over repetitions ([`paired_ratio`]); an interval that contains 1 does not
+//! separate the two strategies.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,8 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use super::svg::{self, Series};
-use crate::bench::{LatencySummary, Report};
+use crate::bench::{pooled_histogram, LatencySummary, Report};
 use crate::scenario::Scenario;
 
 /// Everything one `nb-bench --scenario …` invocation measured; `results.json`.
@@ -75,7 +88,7 @@ pub struct ScenarioResult {
     pub target_rps: f64,
     /// The strategies, in the order they ran within each repetition.
     pub strategies: Vec<String>,
-    /// What ratios are computed against: the first strategy (lab) or `oracle` (simulate).
+    /// What ratios are computed against: `--baseline`, else the first strategy.
     pub baseline: String,
     pub reps: u32,
     /// Every run, in the order it happened.
@@ -106,25 +119,97 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Medians over the repetitions of one strategy.
+/// One strategy over its repetitions.
 #[derive(Debug, Clone, Serialize)]
 pub struct Aggregate {
     pub strategy: String,
     /// Repetitions that completed.
     pub reps: u32,
+    /// Headline latency (failures at the deadline): p50, p90, p99 and mean are medians
+    /// over repetitions; p99.9 and max come from the pooled histogram of every repetition.
     pub latency_ms: LatencySummary,
+    /// Median p99 of the 2xx answers only.
+    pub success_p99_ms: f64,
     pub error_rate: f64,
     pub goodput_rps: f64,
     pub offered_rps: f64,
     pub achieved_rps: f64,
-    /// Median share of the responses per backend.
+    /// Median queueing delay (latency minus the backend's service time) p50 and p99, in ms;
+    /// NaN when no answer reported its service time.
+    pub queueing_p50_ms: f64,
+    pub queueing_p99_ms: f64,
+    /// Largest generator lag p99 of the repetitions, in ms.
+    pub lag_p99_ms: f64,
+    /// Repetitions whose generator lagged (flagged even after a re-run).
+    pub lagging_runs: u32,
+    /// Median share of the routing decisions per backend (of the responses when decisions
+    /// were not counted).
     pub share: BTreeMap<String, f64>,
     /// Median p99 per request class, in ms.
     pub class_p99_ms: BTreeMap<String, f64>,
-    /// p99 divided by the baseline's p99 (1 for the baseline itself).
-    pub p99_vs_baseline: Option<f64>,
+    /// Headline p99 against the baseline's, paired per repetition (1 for the baseline).
+    pub p99_vs_baseline: Option<Ratio>,
     /// Median p99 per second: (seconds since load start, ms).
     pub p99_timeline: Vec<(f64, f64)>,
+}
+
+/// A ratio paired per repetition: the geometric mean of the per-repetition ratios and its
+/// 95 % bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ratio {
+    pub ratio: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Repetitions in which both strategies ran.
+    pub pairs: u32,
+}
+
+impl Ratio {
+    /// `0.85x [0.80, 0.91]`; just the ratio when there is a single pair.
+    pub fn display(&self) -> String {
+        if self.pairs < 2 {
+            format!("{:.2}x", self.ratio)
+        } else {
+            format!("{:.2}x [{:.2}, {:.2}]", self.ratio, self.ci_low, self.ci_high)
+        }
+    }
+
+    /// Whether the interval excludes 1 (the difference is larger than the noise).
+    pub fn separates(&self) -> bool {
+        self.pairs >= 2 && (self.ci_high < 1.0 || self.ci_low > 1.0)
+    }
+}
+
+/// Bootstrap resamples of [`paired_ratio`].
+const BOOTSTRAP_RESAMPLES: usize = 4000;
+
+/// The geometric mean of `ratios` (positive; others are ignored) with a 95 % percentile
+/// bootstrap interval: the repetitions resampled with replacement, deterministically
+/// (a fixed seed), so the same results give the same interval.
+pub fn paired_ratio(ratios: &[f64]) -> Option<Ratio> {
+    let logs: Vec<f64> = ratios
+        .iter()
+        .filter(|r| r.is_finite() && **r > 0.0)
+        .map(|r| r.ln())
+        .collect();
+    if logs.is_empty() {
+        return None;
+    }
+    let n = logs.len();
+    let mean = |xs: &mut dyn Iterator<Item = f64>| xs.sum::<f64>() / n as f64;
+    let point = mean(&mut logs.iter().copied()).exp();
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| mean(&mut (0..n).map(|_| logs[rng.random_range(0..n)])))
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * BOOTSTRAP_RESAMPLES as f64) as usize).min(BOOTSTRAP_RESAMPLES - 1)].exp();
+    Some(Ratio {
+        ratio: point,
+        ci_low: at(0.025),
+        ci_high: at(0.975),
+        pairs: n as u32,
+    })
 }
 
 /// The median (the mean of the middle two for an even count); NaN when empty.
@@ -143,31 +228,66 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// The aggregates of `runs` for each of `strategies` that has runs, with ratios against
-/// `baseline`'s p99.
+/// `baseline`'s p99 paired per repetition.
 pub fn aggregate(strategies: &[String], runs: &[RunResult], baseline: &str) -> Vec<Aggregate> {
-    let mut out: Vec<Aggregate> = strategies
+    let p99_of = |name: &str, rep: u32| {
+        runs.iter()
+            .find(|r| r.strategy == name && r.rep == rep)
+            .map(|r| r.report.latency_ms.p99)
+    };
+    strategies
         .iter()
         .filter_map(|name| {
-            let reports: Vec<&Report> = runs.iter().filter(|r| &r.strategy == name).map(|r| &r.report).collect();
-            (!reports.is_empty()).then(|| aggregate_one(name, &reports))
+            let mine: Vec<&RunResult> = runs.iter().filter(|r| &r.strategy == name).collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let mut a = aggregate_one(name, &mine.iter().map(|r| &r.report).collect::<Vec<_>>());
+            let ratios: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| Some(r.report.latency_ms.p99 / p99_of(baseline, r.rep)?))
+                .collect();
+            a.p99_vs_baseline = paired_ratio(&ratios);
+            Some(a)
         })
-        .collect();
-    let base = out.iter().find(|a| a.strategy == baseline).map(|a| a.latency_ms.p99);
-    for a in &mut out {
-        a.p99_vs_baseline = base.filter(|b| *b > 0.0).map(|b| a.latency_ms.p99 / b);
-    }
-    out
+        .collect()
 }
 
 fn aggregate_one(name: &str, reports: &[&Report]) -> Aggregate {
     let med = |f: &dyn Fn(&Report) -> f64| median(reports.iter().map(|r| f(r)).collect());
-    let mut backends: Vec<&String> = reports.iter().flat_map(|r| r.share.keys()).collect();
+    let decisions = reports.iter().any(|r| !r.share.is_empty());
+    let share_of = |r: &Report| -> BTreeMap<String, f64> {
+        if decisions {
+            r.share.clone()
+        } else {
+            r.response_share.clone()
+        }
+    };
+    let shares: Vec<BTreeMap<String, f64>> = reports.iter().map(|r| share_of(r)).collect();
+    let mut backends: Vec<&String> = shares.iter().flat_map(|s| s.keys()).collect();
     backends.sort();
     backends.dedup();
     let mut classes: Vec<&String> = reports.iter().flat_map(|r| r.classes.keys()).collect();
     classes.sort();
     classes.dedup();
     let windows = reports.iter().map(|r| r.timeline.len()).max().unwrap_or(0);
+    let pooled = pooled_histogram(reports.iter().map(|r| r.histogram_us.as_slice()));
+    // Reports written before histograms were kept: medians of the per-run figures.
+    let (p999, max) = if pooled.is_empty() {
+        (med(&|r| r.latency_ms.p999), med(&|r| r.latency_ms.max))
+    } else {
+        let p = LatencySummary::of(&pooled);
+        (p.p999, p.max)
+    };
+    let queueing = |f: &dyn Fn(&LatencySummary) -> f64| {
+        median(
+            reports
+                .iter()
+                .filter(|r| r.queueing_count > 0)
+                .map(|r| f(&r.queueing_ms))
+                .collect(),
+        )
+    };
     Aggregate {
         strategy: name.to_owned(),
         reps: reports.len() as u32,
@@ -175,17 +295,27 @@ fn aggregate_one(name: &str, reports: &[&Report]) -> Aggregate {
             p50: med(&|r| r.latency_ms.p50),
             p90: med(&|r| r.latency_ms.p90),
             p99: med(&|r| r.latency_ms.p99),
-            p999: med(&|r| r.latency_ms.p999),
-            max: med(&|r| r.latency_ms.max),
+            p999,
+            max,
             mean: med(&|r| r.latency_ms.mean),
         },
+        success_p99_ms: med(&|r| r.success_latency_ms.p99),
         error_rate: med(&|r| r.error_rate),
         goodput_rps: med(&|r| r.goodput_rps),
         offered_rps: med(&|r| r.offered_rps),
         achieved_rps: med(&|r| r.achieved_rps),
+        queueing_p50_ms: queueing(&|q| q.p50),
+        queueing_p99_ms: queueing(&|q| q.p99),
+        lag_p99_ms: reports.iter().map(|r| r.dispatch_lag_ms.p99).fold(0.0, f64::max),
+        lagging_runs: reports.iter().filter(|r| r.lagging).count() as u32,
         share: backends
             .into_iter()
-            .map(|b| (b.clone(), med(&|r| r.share.get(b).copied().unwrap_or(0.0))))
+            .map(|b| {
+                (
+                    b.clone(),
+                    median(shares.iter().map(|s| s.get(b).copied().unwrap_or(0.0)).collect()),
+                )
+            })
             .collect(),
         class_p99_ms: classes
             .into_iter()
@@ -242,27 +372,31 @@ impl ScenarioResult {
             s.name, self.reps, s.duration_s, s.warmup_s, self.target_rps, s.deadline_ms
         );
         let width = self.aggregates.iter().map(|a| a.strategy.len()).fold(18, usize::max);
-        let ratio_title = format!("p99/{}", self.baseline);
+        let ratio_title = format!("p99/{} [95% CI]", self.baseline);
         let _ = writeln!(
             out,
-            "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>16}  {ratio_title}",
-            "strategy", "p50", "p90", "p99", "p99.9", "max", "err%", "goodput", "achieved/offered"
+            "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9}  {ratio_title}",
+            "strategy", "p50", "p90", "p99", "p99.9", "max", "ok-p99", "err%", "q-p50", "q-p99", "lag-p99", "goodput"
         );
         for a in &self.aggregates {
             let l = &a.latency_ms;
-            let ratio = a.p99_vs_baseline.map_or("-".to_owned(), |r| format!("{r:.2}x"));
+            let ratio = a.p99_vs_baseline.map_or("-".to_owned(), |r| r.display());
+            let lag = fmt_ms(a.lag_p99_ms) + if a.lagging_runs > 0 { "!" } else { "" };
             let _ = writeln!(
                 out,
-                "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.2} {:>9.1} {:>16}  {ratio}",
+                "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.2} {:>8} {:>8} {:>8} {:>9.1}  {ratio}",
                 a.strategy,
                 fmt_ms(l.p50),
                 fmt_ms(l.p90),
                 fmt_ms(l.p99),
                 fmt_ms(l.p999),
                 fmt_ms(l.max),
+                fmt_ms(a.success_p99_ms),
                 a.error_rate * 100.0,
+                fmt_ms(a.queueing_p50_ms),
+                fmt_ms(a.queueing_p99_ms),
+                lag,
                 a.goodput_rps,
-                format!("{:.1}/{:.1}", a.achieved_rps, a.offered_rps),
             );
         }
         if self.aggregates.iter().any(|a| !a.class_p99_ms.is_empty()) {
@@ -276,7 +410,12 @@ impl ScenarioResult {
                 let _ = writeln!(out, "  {:<width$} {}", a.strategy, cells.join("  "));
             }
         }
-        out.push_str("share per backend:\n");
+        let decisions = self.runs.iter().any(|r| !r.report.share.is_empty());
+        out.push_str(if decisions {
+            "routing decisions per backend:\n"
+        } else {
+            "responses per backend:\n"
+        });
         for a in &self.aggregates {
             let cells: Vec<String> = a.share.iter().map(|(b, v)| format!("{b} {:.1}%", v * 100.0)).collect();
             let cells = if cells.is_empty() {
@@ -288,6 +427,13 @@ impl ScenarioResult {
         }
         for sk in &self.skipped {
             let _ = writeln!(out, "skipped {}: {}", sk.strategy, sk.reason);
+        }
+        if self.aggregates.iter().any(|a| a.lagging_runs > 0) {
+            let _ = writeln!(
+                out,
+                "! the generator lagged (lag p99 > {} ms) in a repetition even after a re-run",
+                crate::bench::LAG_P99_LIMIT_MS
+            );
         }
         out
     }
@@ -399,8 +545,36 @@ mod tests {
         let agg = aggregate(&names, &runs, "rr");
         assert_eq!(agg.len(), 2);
         assert_eq!((agg[0].reps, agg[0].latency_ms.p99), (3, 200.0));
-        assert_eq!(agg[1].p99_vs_baseline, Some(0.15));
+        // Paired: 20/100, 40/300, 30/200; their geometric mean.
+        let r = agg[1].p99_vs_baseline.expect("paired ratio");
+        let want = (0.2f64 * (40.0 / 300.0) * 0.15).powf(1.0 / 3.0);
+        assert!((r.ratio - want).abs() < 1e-9, "{r:?}");
+        assert!(r.ci_low <= r.ratio && r.ratio <= r.ci_high && r.separates(), "{r:?}");
+        assert_eq!(agg[0].p99_vs_baseline.map(|r| (r.ratio, r.pairs)), Some((1.0, 3)));
         assert_eq!(agg[1].share["a"], 0.5);
         assert_eq!(agg[1].p99_timeline, vec![(5.0, 30.0)]);
+    }
+
+    #[test]
+    fn pairing_separates_a_steady_gain_from_noise_between_repetitions() {
+        // The baseline's p99 swings 3× between repetitions; the other strategy is 10 %
+        // better in every one: unpaired medians would overlap, the paired ratio does not.
+        let steady = paired_ratio(&[0.9, 0.9, 0.9, 0.9, 0.9]).expect("ratio");
+        assert!((steady.ratio - 0.9).abs() < 1e-9 && steady.separates(), "{steady:?}");
+        assert!((steady.ci_high - 0.9).abs() < 1e-9, "{steady:?}");
+        // Ratios on both sides of 1: the interval straddles it.
+        let noise = paired_ratio(&[0.8, 1.2, 0.95, 1.1, 1.0]).expect("ratio");
+        assert!(
+            noise.ci_low < 1.0 && noise.ci_high > 1.0 && !noise.separates(),
+            "{noise:?}"
+        );
+        assert_eq!(
+            noise.display(),
+            format!("{:.2}x [{:.2}, {:.2}]", noise.ratio, noise.ci_low, noise.ci_high)
+        );
+        // Deterministic, and nothing from nothing.
+        assert_eq!(paired_ratio(&[0.8, 1.2, 0.95, 1.1, 1.0]), Some(noise));
+        assert_eq!(paired_ratio(&[]), None);
+        assert_eq!(paired_ratio(&[0.5]).map(|r| r.display()), Some("0.50x".into()));
     }
 }

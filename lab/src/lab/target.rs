@@ -14,7 +14,17 @@ pub const OUR_STRATEGIES: [&str; 5] = [
     "p2c_ewma",
 ];
 
-/// The strategy of the discrete-event model that knows every backend's true state.
+/// The model's reference that knows every backend's true queue and speed (greedy expected
+/// completion); exists only in the discrete-event model.
+pub const GREEDY: &str = "greedy";
+/// The model's reference that also knows each request's service time at every backend.
+pub const CLAIRVOYANT: &str = "clairvoyant";
+/// The model's references, which no real proxy can run.
+pub const REFERENCES: [&str; 2] = [GREEDY, CLAIRVOYANT];
+/// Suffix of an ablation run: `STRATEGY@no_orca` runs `STRATEGY` with every backend's ORCA
+/// load report turned off, so a strategy that reads reports shows what it owes them.
+pub const NO_ORCA: &str = "@no_orca";
+/// The model's former single reference (now [`GREEDY`]).
 pub const ORACLE: &str = "oracle";
 
 /// nginx's balancing methods that `--strategies` accepts, as `nginx:<method>`.
@@ -35,6 +45,23 @@ pub enum Target {
 }
 
 impl Target {
+    /// The strategy name without an ablation suffix (`p2c_ewma` for `p2c_ewma@no_orca`).
+    pub fn strategy(&self) -> &str {
+        match self {
+            Target::Ours(s) | Target::Nginx(s) | Target::Haproxy(s) => s.strip_suffix(NO_ORCA).unwrap_or(s),
+        }
+    }
+
+    /// Whether the backends run with their ORCA load reports off (`@no_orca`).
+    pub fn orca_off(&self) -> bool {
+        matches!(self, Target::Ours(s) if s.ends_with(NO_ORCA))
+    }
+
+    /// Whether this is one of the model's references (`greedy`, `clairvoyant`).
+    pub fn is_reference(&self) -> bool {
+        matches!(self, Target::Ours(s) if REFERENCES.contains(&s.as_str()))
+    }
+
     /// Whether this is a peer proxy rather than `neurabalancer`.
     pub fn is_peer(&self) -> bool {
         !matches!(self, Target::Ours(_))
@@ -86,9 +113,13 @@ impl FromStr for Target {
             Some(("nginx", m)) => check("nginx", m, &NGINX_METHODS).map(Target::Nginx),
             Some(("haproxy", m)) => check("haproxy", m, &HAPROXY_METHODS).map(Target::Haproxy),
             Some((peer, _)) => Err(format!("unknown peer {peer:?} (known: nginx, haproxy)")),
-            None if OUR_STRATEGIES.contains(&s) || s == ORACLE => Ok(Target::Ours(s.to_owned())),
+            None if s == ORACLE => Ok(Target::Ours(s.to_owned())),
+            None if OUR_STRATEGIES.contains(&s.strip_suffix(NO_ORCA).unwrap_or(s)) || REFERENCES.contains(&s) => {
+                Ok(Target::Ours(s.to_owned()))
+            }
             None => Err(format!(
-                "unknown strategy {s:?} (known: {}, {ORACLE} (--simulate only), nginx:{}, haproxy:{})",
+                "unknown strategy {s:?} (known: {}, each also as NAME{NO_ORCA}; {GREEDY} and {CLAIRVOYANT} \
+                 (--simulate only); nginx:{}, haproxy:{})",
                 OUR_STRATEGIES.join(", "),
                 NGINX_METHODS.join("|"),
                 HAPROXY_METHODS.join("|")
@@ -127,11 +158,24 @@ mod tests {
         );
         assert!(!list[0].is_peer() && list[2].is_peer());
         assert_eq!(list[0].peer_binary(), None);
+        let ablation: Target = "p2c_ewma@no_orca".parse().expect("ablation");
+        assert_eq!((ablation.strategy(), ablation.orca_off()), ("p2c_ewma", true));
+        assert_eq!(ablation.to_string(), "p2c_ewma@no_orca");
+        assert!(!list[1].orca_off() && !list[1].is_reference());
+        assert!("clairvoyant".parse::<Target>().expect("reference").is_reference());
     }
 
     #[test]
     fn rejects_unknown_and_duplicate_names() {
-        for bad in ["fastest", "nginx:ip_hash", "envoy:round_robin", "random,random", ""] {
+        for bad in [
+            "fastest",
+            "nginx:ip_hash",
+            "envoy:round_robin",
+            "random,random",
+            "",
+            "greedy@no_orca",
+            "nginx:least_conn@no_orca",
+        ] {
             assert!(parse_list(bad).is_err(), "{bad}");
         }
     }
