@@ -36,12 +36,13 @@ struct Args {
     scenario: Vec<PathBuf>,
     /// Strategies, comma-separated, in run order (the first is the default --baseline).
     /// Ours: round_robin, weighted_round_robin, least_connections, random,
-    /// p2c_ewma (and oracle with --simulate); peers: nginx:least_conn, nginx:random_two,
-    /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,
-    /// p2c_ewma; with --simulate every classic strategy and oracle]
+    /// p2c_ewma (and the model's references greedy and clairvoyant with --simulate); peers:
+    /// nginx:least_conn, nginx:random_two, haproxy:leastconn, haproxy:roundrobin. [default:
+    /// round_robin,least_connections,p2c_ewma; with --simulate every classic strategy, greedy
+    /// and clairvoyant]
     #[arg(long, conflicts_with = "url")]
     strategies: Option<String>,
-    /// The strategy the others' p99 is divided by [default: the first; oracle with
+    /// The strategy the others' p99 is divided by [default: the first; greedy with
     /// --simulate].
     #[arg(long, conflicts_with_all = ["url", "simulate"])]
     baseline: Option<String>,
@@ -220,8 +221,11 @@ fn notes(simulate: bool) -> Vec<String> {
         "repetition r uses seed = scenario seed + r for every strategy (same arrivals)".to_owned(),
     ];
     if simulate {
-        notes
-            .push("discrete-event model: p99 ratios are against oracle, which knows every backend's true state".into());
+        notes.push(
+            "discrete-event model: p99 ratios are against greedy, which knows every backend's true queue and speed; \
+             clairvoyant also knows each request's service time (neither is a strict ceiling for tail latency)"
+                .into(),
+        );
     } else {
         notes.push(
             "every proxy runs with one worker thread (neurabalancer threads: 1, nginx worker_processes 1, \

@@ -14,7 +14,10 @@ pub const OUR_STRATEGIES: [&str; 5] = [
     "p2c_ewma",
 ];
 
-/// The strategy of the discrete-event model that knows every backend's true state.
+/// The discrete-event model's references (`--simulate` only, see
+/// [`crate::des::SimStrategy`]): `greedy`, the baseline of simulated runs, and `clairvoyant`.
+pub const REFERENCES: [&str; 2] = ["greedy", "clairvoyant"];
+/// The former name of `greedy`, still accepted.
 pub const ORACLE: &str = "oracle";
 
 /// nginx's balancing methods that `--strategies` accepts, as `nginx:<method>`.
@@ -26,7 +29,7 @@ pub const HAPROXY_METHODS: [&str; 2] = ["leastconn", "roundrobin"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// `neurabalancer` with this pool strategy (or, in `--simulate`, the model's
-    /// strategy of that name, `oracle` included).
+    /// strategy of that name, the references included).
     Ours(String),
     /// nginx with `least_conn` or `random two least_conn`.
     Nginx(String),
@@ -86,10 +89,13 @@ impl FromStr for Target {
             Some(("nginx", m)) => check("nginx", m, &NGINX_METHODS).map(Target::Nginx),
             Some(("haproxy", m)) => check("haproxy", m, &HAPROXY_METHODS).map(Target::Haproxy),
             Some((peer, _)) => Err(format!("unknown peer {peer:?} (known: nginx, haproxy)")),
-            None if OUR_STRATEGIES.contains(&s) || s == ORACLE => Ok(Target::Ours(s.to_owned())),
+            None if OUR_STRATEGIES.contains(&s) || REFERENCES.contains(&s) || s == ORACLE => {
+                Ok(Target::Ours(s.to_owned()))
+            }
             None => Err(format!(
-                "unknown strategy {s:?} (known: {}, {ORACLE} (--simulate only), nginx:{}, haproxy:{})",
+                "unknown strategy {s:?} (known: {}, {} (--simulate only), nginx:{}, haproxy:{})",
                 OUR_STRATEGIES.join(", "),
+                REFERENCES.join(", "),
                 NGINX_METHODS.join("|"),
                 HAPROXY_METHODS.join("|")
             )),
