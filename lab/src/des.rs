@@ -3,15 +3,19 @@
 //! [`simulate`] plays a [`Scenario`] against a model of its fleet and of the proxy in
 //! simulated time and returns the same [`Report`] a real run produces, tallied by the real
 //! generator's own [`Recorder`] (label = strategy name, url = `sim://<scenario>`), so tables
-//! and charts treat real and simulated runs alike. A 60 s scenario at a few thousand requests per second
-//! takes well under a second in release mode, and the result depends only on the seed.
+//! and charts treat real and simulated runs alike. A 60 s scenario at a few thousand requests
+//! per second takes well under a second in release mode, and the result depends only on the
+//! seed. [`simulate_detailed`] also returns the run's [`Details`]: every routing decision and
+//! each request's own service time, request by request.
 //!
 //! # The client (as `nb-bench`)
 //!
-//! * Open-loop Poisson arrivals at [`Scenario::rate_at`] (by thinning, so ramps are exact),
-//!   from the start of the warm-up to the end of the measured window. Requests that arrive
-//!   during the warm-up are simulated but not reported.
-//! * Each request's class is drawn by weight; its latency runs from its arrival.
+//! * The requests are those of [`Schedule`] over [`lab::load_spec`] with the run's seed: the
+//!   very list the generator sends in the lab, with the same times, classes and indices
+//!   (open-loop Poisson arrivals, thinned along a ramp), from the start of the warm-up to the
+//!   end of the measured window. Requests that arrive during the warm-up are simulated but not
+//!   reported. `target_rps` is the spec's mean requested rate.
+//! * Each request's latency runs from its arrival (its intended send time).
 //! * A request not answered by the deadline counts as a timeout with latency = deadline. The
 //!   client closes the connection then, so the proxy drops its in-flight count and the backend
 //!   forgets the request (a queued one leaves the queue, one in service frees its slot).
@@ -20,13 +24,17 @@
 //!
 //! State follows [`Profile::effective`] at the simulated time (seconds since the start of the
 //! load, warm-up included), re-read at every phase boundary and at least every 10 ms while a
-//! profile has a warm-up. On arrival at an up backend:
-//! * with probability `fast_503`: 503 at once, without a slot;
+//! profile has a warm-up. On arrival at an up backend the request's [`Draw`] is made with
+//! [`Profile::draw`] under the error rates in force then, from
+//! [`request_stream`]`(seed, backend id, request index)`: the stream the lab's backend draws
+//! from for the same request, so in a repetition every strategy (and the lab) faces the same
+//! draws, and a retry at another backend draws from that backend's stream. Then:
+//! * a fast 503 is answered at once, without a slot;
 //! * else the request takes a free slot, or waits in the FIFO queue, or, when `queue`
 //!   requests already wait, gets a 503 at once;
-//! * its fate is drawn on arrival (`hang`, then `slow_500`); its service time
-//!   `service_for(class).sample() × slowdown` when it starts; a `slow_500` answers 500 after
-//!   its service, a hang never answers and holds its slot until the client's deadline.
+//! * its service time is the drawn one × the slowdown in force when it gets its slot; a
+//!   `slow_500` answers 500 after its service, a hang never answers and holds its slot until
+//!   the client's deadline.
 //! * A backend that goes `down` crashes: its listener closes (new connections are refused)
 //!   and every connection in flight is reset (the proxy sees a transport error for each
 //!   queued or in-service request).
@@ -48,8 +56,8 @@
 //!   5 consecutive gateway failures (502/503/504 or resets; a 500 is not one) or 1 connect
 //!   failure eject it for 1 s doubling per ejection up to 30 s, unless `max_ejection_percent`
 //!   (10 %) of the pool is ejected already (one backend always may be, never the last); a
-//!   non-5xx response resets the counters. Connect failures and resets are retried at once on another backend,
-//!   at most `max_retries` (2) times; after that the proxy answers 502.
+//!   non-5xx response resets the counters. Connect failures and resets are retried at once on
+//!   another backend, at most `max_retries` (2) times; after that the proxy answers 502.
 //! * Active health checks run only when `scenario.pool` has a `health_check`: every
 //!   `interval_ms` from the start, a check passes exactly when the backend is up, with the
 //!   proxy's rise/fall rules (backends start pending and take traffic after their first pass).
@@ -57,25 +65,54 @@
 //! * `max_retries`, `ewma_decay_ms`, `outlier_detection` and `health_check` are read from
 //!   `scenario.pool` (see [`ProxySettings`]), with the proxy's defaults.
 //!
-//! # The oracle
+//! # The references
 //!
-//! [`SimStrategy::Oracle`] exists only here: it sees every backend's true state (queue, slots
-//! in use, slowdown, error rates, `down`) and sends each request where it expects it to
-//! complete first, failures counting as timeouts: a ceiling no real strategy reaches while
-//! the fleet has spare capacity. It is greedy, per request, so under overload (where the
-//! question is whom to drop) a real strategy can occasionally beat it.
+//! Two strategies exist only here and see what no real strategy can (see [`SimStrategy`] and
+//! the `reference` module): [`SimStrategy::Greedy`] every backend's true queue, speed and
+//! error rates; [`SimStrategy::Clairvoyant`] also each request's own draw and the true
+//! remaining work at every backend. Both decide per request, greedily: neither plans for the
+//! requests still to come (nor keeps a slot free for a heavy one, nor chooses whom to drop
+//! under overload), so neither is a strict ceiling, for tail latency least of all; a real
+//! strategy can beat them on some percentile. They mark how far a strategy is from what
+//! information could buy.
+//!
+//! The backends draw a request's service time independently at each backend (the stream is
+//! keyed by backend), so clairvoyant also picks the luckiest of a request's draws across the
+//! fleet: on ten equal backends with exponential service its median is near the minimum of
+//! ten draws, a tenth of the mean. That is what knowing the draws buys *in this model*; it
+//! says little about queueing, where the gap between greedy and the classics is the
+//! figure to read.
+//!
+//! # Observations
+//!
+//! Every routing decision (each pick of a backend for an attempt of a measured request,
+//! retries and picks of a `down` backend that refuses included) and, for each measured
+//! request a backend answered after serving it, its own service time there (after slowdown)
+//! go through two hooks of the simulation, `decided` and `served`, into the report (the
+//! decisions make `share`; the service time of a 2xx answer gives its queueing delay, its
+//! latency minus that service time: what a load balancer controls) and into [`Details`].
 //!
 //! # Not modelled
 //!
-//! Network and proxy overheads (zero), connection setup, body sizes, the proxy's thread and
-//! connection limits, the generator's own lateness (`dispatch_lag_ms` is zero and achieved =
-//! offered), and health-check latency (a check's result applies at its tick).
+//! * Overheads outside the backends, all zero: the proxy hop (parsing, the pick, the
+//!   upstream connection pool), the network between generator, proxy and backends (loopback
+//!   in the lab), connection setup, response bodies (`response_bytes`), and the backends'
+//!   timer precision (they sleep to within tens of microseconds). The lab's latencies carry
+//!   these; the model's do not, so compare strategies within one mode, not across modes.
+//! * The proxy's thread and connection limits and its own per-attempt timeouts
+//!   (`pool.timeouts`): the client's deadline is the only timeout.
+//! * The generator's own lateness: `dispatch_lag_ms` is zero and achieved = offered.
+//! * Health-check latency: a check's result applies at its tick.
+//! * A backend's cap on a hang (`HANG_LIMIT`, far beyond any deadline): a hang lasts until
+//!   the client's deadline.
 
 mod proxy;
+mod reference;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,9 +122,11 @@ use rand::{Rng, SeedableRng};
 
 pub use proxy::{HealthCheck, OutlierDetection, ProxySettings};
 
+use crate::arrivals::{Arrival, Schedule};
 use crate::bench::{Answer, Recorder, Report, RunInfo};
+use crate::lab;
 use crate::scenario::Scenario;
-use backend_sim::model::{Dist, Effective, Profile};
+use backend_sim::model::{request_stream, Draw, Effective, Fate, Profile};
 use proxy::{Failure, Passive};
 
 /// How the model chooses backends.
@@ -95,33 +134,53 @@ use proxy::{Failure, Passive};
 pub enum SimStrategy {
     /// A strategy the proxy has, run through the proxy's own code.
     Classic(StrategyKind),
-    /// Model only: the backend with the least expected cost for this request, from every
-    /// backend's true state (skipping `down` ones and those already tried). The cost is the
+    /// Model only: a greedy expected-completion reference, not a ceiling. From every
+    /// backend's true state (skipping `down` ones and those already tried) it picks the least
     /// expected completion time
     /// `c = (max(0, queued + in_service - slots + 1) × mean / slots + mean) × slowdown`,
-    /// with `mean` the backend's mean service time for the request's class, where a failure
-    /// (its current `fast_503`, `slow_500` and `hang` rates) counts as bad as a timeout:
-    /// `p_ok × c + (1 - p_ok) × deadline`. A backend whose queue is full comes last; ties
-    /// are broken at random.
-    Oracle,
+    /// with `mean` the backend's mean service time for *this* request's class (so queued work
+    /// is priced at the new request's class mean, whatever its class), where a failure (its
+    /// current `fast_503`, `slow_500` and `hang` rates) counts as bad as a timeout:
+    /// `p_ok × c + (1 - p_ok) × deadline`. It ignores variance. A backend whose queue is full
+    /// comes last; ties are broken at random. Named `oracle` before; that name is still
+    /// accepted.
+    Greedy,
+    /// Model only: a reference that sees each request's service time at arrival. For every
+    /// candidate (up, not tried yet) it knows this request's draw there (fate and service
+    /// time from the shared stream, × the slowdown in force now) and the true remaining work:
+    /// the end of each request in service and the drawn service time of each queued one
+    /// (priced at the slowdown in force now, since the one in force when it starts is not
+    /// known yet), queued FIFO into the earliest free slot. It sends the request where it
+    /// will *complete* first, capped at its deadline; a draw that fails (fast 503, slow 500,
+    /// hang) costs the deadline; a full queue comes last; ties are broken at random. It is
+    /// still greedy: it does not plan for future arrivals. Since the draws at different
+    /// backends are independent, it also shops for the luckiest one (see the module docs).
+    Clairvoyant,
 }
 
 impl SimStrategy {
-    /// The proxy's strategies, then the oracle.
-    pub const ALL: [SimStrategy; 6] = [
+    /// The proxy's strategies, then the references.
+    pub const ALL: [SimStrategy; 7] = [
         SimStrategy::Classic(StrategyKind::RoundRobin),
         SimStrategy::Classic(StrategyKind::WeightedRoundRobin),
         SimStrategy::Classic(StrategyKind::LeastConnections),
         SimStrategy::Classic(StrategyKind::Random),
         SimStrategy::Classic(StrategyKind::P2cEwma),
-        SimStrategy::Oracle,
+        SimStrategy::Greedy,
+        SimStrategy::Clairvoyant,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SimStrategy::Classic(k) => k.as_str(),
-            SimStrategy::Oracle => "oracle",
+            SimStrategy::Greedy => "greedy",
+            SimStrategy::Clairvoyant => "clairvoyant",
         }
+    }
+
+    /// Whether this exists only in the model.
+    pub fn is_reference(self) -> bool {
+        !matches!(self, SimStrategy::Classic(_))
     }
 }
 
@@ -134,12 +193,15 @@ impl fmt::Display for SimStrategy {
 impl std::str::FromStr for SimStrategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "oracle" {
-            return Ok(SimStrategy::Oracle);
+        match s {
+            // `oracle`: the greedy reference's former name.
+            "greedy" | "oracle" => Ok(SimStrategy::Greedy),
+            "clairvoyant" => Ok(SimStrategy::Clairvoyant),
+            _ => s
+                .parse::<StrategyKind>()
+                .map(SimStrategy::Classic)
+                .map_err(|_| format!("unknown strategy `{s}` (expected one of {})", names())),
         }
-        s.parse::<StrategyKind>()
-            .map(SimStrategy::Classic)
-            .map_err(|_| format!("unknown strategy `{s}` (expected one of {})", names()))
     }
 }
 
@@ -153,27 +215,72 @@ impl From<StrategyKind> for SimStrategy {
     }
 }
 
+/// What a simulated run observed, request by request: the routing decisions and each
+/// request's own service time (the report holds their totals and percentiles).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Details {
+    /// The backends' ids in pool order (the fleet expanded, in file order).
+    pub backends: Vec<String>,
+    /// Routing decisions per backend (indexed like `backends`): every pick of a backend for
+    /// an attempt of a measured request, retries and picks of a `down` backend included.
+    pub decisions: Vec<u64>,
+    /// The measured requests a backend answered after serving them (200 or a slow 500), in
+    /// the order of their answers. Responses without service (fast 503s, a full queue) and
+    /// timeouts have no service time and are not here.
+    pub served: Vec<Served>,
+}
+
+/// One measured request answered after its service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Served {
+    /// Its index in the schedule ([`Arrival::index`]).
+    pub index: u64,
+    /// The backend that answered (index into [`Details::backends`]).
+    pub backend: usize,
+    /// Its own service time there, after slowdown, in ms.
+    pub service_ms: f64,
+    /// Its latency minus `service_ms`, in ms: time spent in queues, failed attempts
+    /// included.
+    pub queueing_ms: f64,
+}
+
+impl Details {
+    /// Each backend's share of the routing decisions, by id (empty without decisions).
+    pub fn decision_share(&self) -> BTreeMap<String, f64> {
+        let total: u64 = self.decisions.iter().sum();
+        if total == 0 {
+            return BTreeMap::new();
+        }
+        self.backends
+            .iter()
+            .zip(&self.decisions)
+            .map(|(id, &n)| (id.clone(), n as f64 / total as f64))
+            .collect()
+    }
+}
+
 /// Simulates `scenario` with `strategy`; `seed` (not `scenario.seed`) seeds every draw.
 ///
 /// The proxy settings come from `scenario.pool` ([`ProxySettings::from_scenario`]); a `pool`
 /// section the model cannot read falls back to the proxy's defaults (check it with
 /// `from_scenario` first to report the error instead).
 pub fn simulate(scenario: &Scenario, strategy: SimStrategy, seed: u64) -> Report {
-    let settings = ProxySettings::from_scenario(scenario).unwrap_or_default();
-    simulate_with(scenario, &settings, strategy, seed)
+    simulate_detailed(scenario, strategy, seed).0
 }
 
 /// [`simulate`] with explicit proxy settings.
 pub fn simulate_with(scenario: &Scenario, settings: &ProxySettings, strategy: SimStrategy, seed: u64) -> Report {
-    Sim::new(scenario, settings, strategy, seed).run()
+    Sim::new(scenario, settings, strategy, seed).run().0
+}
+
+/// [`simulate`], with the routing decisions and service times of the run.
+pub fn simulate_detailed(scenario: &Scenario, strategy: SimStrategy, seed: u64) -> (Report, Details) {
+    let settings = ProxySettings::from_scenario(scenario).unwrap_or_default();
+    Sim::new(scenario, &settings, strategy, seed).run()
 }
 
 /// Re-read a profile with a warm-up at least this often.
 const WARMUP_REFRESH_NS: u64 = 10_000_000;
-/// Spacing of the arrival-rate table.
-const RATE_STEP_S: f64 = 0.1;
-/// Added to the cost of a backend whose queue is full, for the oracle.
-const FULL_PENALTY_NS: f64 = 1e30;
 
 fn ms_to_ns(ms: f64) -> u64 {
     // Float-to-int `as` saturates (NaN becomes 0).
@@ -182,6 +289,10 @@ fn ms_to_ns(ms: f64) -> u64 {
 
 fn s_to_ns(s: f64) -> u64 {
     (s * 1e9).round() as u64
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Independent random streams from one seed (SplitMix64 finaliser).
@@ -194,21 +305,14 @@ fn stream(seed: u64, k: u64) -> SmallRng {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
+    /// The next request of the schedule (`Sim::next`) arrives.
     Arrival,
     /// Service of attempt `token` of the request in `slot` ends.
-    Done {
-        slot: u32,
-        token: u64,
-    },
-    /// The client of request `rid` (in `slot`) gives up.
-    Deadline {
-        slot: u32,
-        rid: u64,
-    },
+    Done { slot: u32, token: u64 },
+    /// The client of request `index` (in `slot`) gives up.
+    Deadline { slot: u32, index: u64 },
     /// A phase of a backend begins.
-    Phase {
-        backend: u32,
-    },
+    Phase { backend: u32 },
     /// A round of active health checks.
     Health,
 }
@@ -234,17 +338,11 @@ enum Outcome {
     Timeout,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Ok,
-    Slow500,
-    Hang,
-}
-
-/// A request in flight; slots are reused, `rid` and `token` tell lives and attempts apart.
+/// A request in flight; slots are reused, `index` and `token` tell lives and attempts apart.
 #[derive(Debug)]
 struct Req {
-    rid: u64,
+    /// Its index in the schedule: what the backends draw from.
+    index: u64,
     state: St,
     arrival_ns: u64,
     class: usize,
@@ -255,51 +353,94 @@ struct Req {
     at: u32,
     token: u64,
     attempt_ns: u64,
+    /// The current attempt's draw at `at`: its fate and service time before slowdown.
     fate: Fate,
+    draw_ms: f64,
+    /// In service: its service time after slowdown (0 for a hang), and when it leaves its
+    /// slot (its answer or its client's deadline, whichever is first).
+    service_ns: u64,
+    end_ns: u64,
+    /// Its service time (after slowdown) once a backend answered it after serving it.
+    served_ns: Option<u64>,
     guard: Option<InflightGuard>,
+}
+
+impl Req {
+    fn new(a: &Arrival, now: u64) -> Self {
+        Req {
+            index: a.index,
+            state: St::Routing,
+            arrival_ns: now,
+            class: a.class,
+            measured: a.measured,
+            retries: 0,
+            tried: Vec::new(),
+            at: 0,
+            token: 0,
+            attempt_ns: now,
+            fate: Fate::Serve,
+            draw_ms: 0.0,
+            service_ns: 0,
+            end_ns: 0,
+            served_ns: None,
+            guard: None,
+        }
+    }
 }
 
 struct Backend {
     profile: Profile,
-    /// Service time and its mean in ns, per class.
-    service: Vec<Dist>,
+    /// Mean service time in ns, per class.
     mean_ns: Vec<f64>,
     load: Arc<Load>,
     passive: Passive,
-    rng: SmallRng,
     eff: Effective,
     eff_until_ns: u64,
     /// Whether the last phase event left the backend down.
     applied_down: bool,
     /// Phase starts as (ns, at_s), sorted.
     phases: Vec<(u64, f64)>,
-    in_service: u32,
+    /// The requests in service (their slots in `Sim::reqs`).
+    serving: Vec<u32>,
     /// Live entries of `queue` (it also holds stale ones, skipped when popped).
     queued: u32,
     queue: VecDeque<(u32, u64)>,
 }
 
 impl Backend {
-    fn new(profile: Profile, mix: &[(String, f64)], pending: bool, rng: SmallRng) -> Self {
-        let service: Vec<Dist> = mix.iter().map(|(path, _)| profile.service_for(path).clone()).collect();
-        let mean_ns = service.iter().map(|d| d.mean_ms() * 1e6).collect();
+    fn new(profile: Profile, paths: &[String], pending: bool) -> Self {
+        let mean_ns = paths.iter().map(|p| profile.service_for(p).mean_ms() * 1e6).collect();
         let mut phases: Vec<(u64, f64)> = profile.phases.iter().map(|p| (s_to_ns(p.at_s), p.at_s)).collect();
         phases.sort_by(|a, b| a.1.total_cmp(&b.1));
         let eff = profile.effective(0.0);
         Backend {
-            service,
             mean_ns,
             load: Load::new(),
             passive: Passive::new(pending),
-            rng,
             applied_down: eff.down,
             eff,
             eff_until_ns: 0,
             phases,
-            in_service: 0,
+            serving: Vec::new(),
             queued: 0,
             queue: VecDeque::new(),
             profile,
+        }
+    }
+
+    fn in_service(&self) -> u32 {
+        self.serving.len() as u32
+    }
+
+    /// Whether a request arriving now would find every slot busy and the queue full.
+    fn is_full(&self) -> bool {
+        self.in_service() >= self.eff.slots && self.queued >= self.profile.queue
+    }
+
+    /// The request in `slot` leaves its slot.
+    fn leave(&mut self, slot: u32) {
+        if let Some(i) = self.serving.iter().position(|&s| s == slot) {
+            self.serving.swap_remove(i);
         }
     }
 
@@ -320,26 +461,6 @@ impl Backend {
             until = until.min(now + WARMUP_REFRESH_NS);
         }
         self.eff_until_ns = until.max(now + 1);
-    }
-
-    /// The oracle's cost of sending a request of `class` here now (ns); see
-    /// [`SimStrategy::Oracle`].
-    fn oracle_cost_ns(&self, class: usize, deadline_ns: f64) -> f64 {
-        let slots = self.eff.slots;
-        if slots == 0 {
-            return FULL_PENALTY_NS * 2.0;
-        }
-        let mean = self.mean_ns[class] * self.eff.slowdown;
-        let ahead = (f64::from(self.queued) + f64::from(self.in_service) - f64::from(slots) + 1.0).max(0.0);
-        let completion = ahead * mean / f64::from(slots) + mean;
-        let e = &self.eff.errors;
-        let p_ok = ((1.0 - e.fast_503) * (1.0 - e.hang - e.slow_500)).clamp(0.0, 1.0);
-        let cost = p_ok * completion + (1.0 - p_ok) * deadline_ns;
-        if self.in_service >= slots && self.queued >= self.profile.queue {
-            cost + FULL_PENALTY_NS
-        } else {
-            cost
-        }
     }
 }
 
@@ -370,155 +491,65 @@ impl Candidates for View<'_> {
     }
 }
 
-/// Poisson arrivals at a time-varying rate, by thinning against a rate table.
-struct Arrivals {
-    /// (seconds since the start of the load, requests per second), increasing in time.
-    table: Vec<(f64, f64)>,
-    seg: usize,
-    max_rate: f64,
-    t: f64,
-    end: f64,
-}
-
-impl Arrivals {
-    fn new(s: &Scenario) -> Self {
-        let (w, d) = (s.warmup_s, s.duration_s);
-        let mut table = Vec::new();
-        // Points on both sides of 0 (where a ramp bends); `rate_at` takes measured-window time.
-        let nw = (w / RATE_STEP_S).ceil() as usize;
-        for k in 0..nw {
-            let t = -w + w * k as f64 / nw as f64;
-            table.push((t + w, s.rate_at(t)));
-        }
-        let nd = ((d / RATE_STEP_S).ceil() as usize).max(1);
-        for k in 0..=nd {
-            let t = d * k as f64 / nd as f64;
-            table.push((t + w, s.rate_at(t)));
-        }
-        let max_rate = table.iter().map(|p| p.1).fold(0.0, f64::max);
-        Arrivals {
-            table,
-            seg: 0,
-            max_rate,
-            t: 0.0,
-            end: w + d,
-        }
-    }
-
-    /// Mean rate over the measured window.
-    fn mean_measured_rate(&self, warmup_s: f64, duration_s: f64) -> f64 {
-        let pts: Vec<(f64, f64)> = self.table.iter().copied().filter(|p| p.0 >= warmup_s).collect();
-        let (lo, hi) = pts
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-        if pts.len() < 2 || lo == hi {
-            // A constant rate, exactly.
-            return pts.first().map_or(0.0, |p| p.1);
-        }
-        let area: f64 = pts
-            .windows(2)
-            .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
-            .sum();
-        area / duration_s
-    }
-
-    /// The rate at `t` (never earlier than the previous call).
-    fn rate(&mut self, t: f64) -> f64 {
-        while self.seg + 2 < self.table.len() && self.table[self.seg + 1].0 <= t {
-            self.seg += 1;
-        }
-        let (a, b) = (self.table[self.seg], self.table[self.seg + 1]);
-        if b.0 <= a.0 {
-            return b.1;
-        }
-        let x = ((t - a.0) / (b.0 - a.0)).clamp(0.0, 1.0);
-        a.1 + (b.1 - a.1) * x
-    }
-
-    /// The next arrival, in seconds since the start of the load.
-    fn next<R: Rng>(&mut self, rng: &mut R) -> Option<f64> {
-        // No load, or an infinite one (a capacity fraction of a fleet with zero service times).
-        if !(self.max_rate > 0.0 && self.max_rate.is_finite()) {
-            return None;
-        }
-        loop {
-            let u: f64 = rng.random();
-            self.t += -(1.0 - u).ln() / self.max_rate;
-            if self.t >= self.end {
-                return None;
-            }
-            let accept: f64 = rng.random();
-            if accept * self.max_rate < self.rate(self.t) {
-                return Some(self.t);
-            }
-        }
-    }
-}
-
 struct Sim {
     settings: ProxySettings,
     strategy: SimStrategy,
+    seed: u64,
     params: Params,
     state: strategy::State,
     pick_rng: SmallRng,
-    arrival_rng: SmallRng,
-    arrivals: Arrivals,
-    /// Cumulative class weights, in the order of `Scenario::mix`.
-    class_cdf: Vec<f64>,
+    schedule: Schedule,
+    /// The schedule's next request, due at the pending `Ev::Arrival`.
+    next: Option<Arrival>,
+    /// The request path of each class (in the order of `Scenario::mix`), as the backends
+    /// see it.
+    paths: Vec<String>,
     backends: Vec<Backend>,
     ids: Vec<String>,
     reqs: Vec<Req>,
     free: Vec<u32>,
     yielded: Vec<bool>,
+    /// Scratch for the clairvoyant's slot timeline.
+    ends: BinaryHeap<Reverse<u64>>,
     events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
-    next_rid: u64,
     next_token: u64,
-    warmup_ns: u64,
-    end_ns: u64,
     deadline_ns: u64,
     /// No health checks after this (every request has ended by then).
     stop_ns: u64,
     /// Arrivals in the measured window.
     offered: u64,
     recorder: Recorder,
+    details: Details,
 }
 
 impl Sim {
     fn new(scenario: &Scenario, settings: &ProxySettings, strategy: SimStrategy, seed: u64) -> Self {
-        let mix = scenario.mix();
-        let mut total = 0.0;
-        let class_cdf = mix
-            .iter()
-            .map(|(_, w)| {
-                total += w;
-                total
-            })
+        // The address only names the target; nothing is sent.
+        let spec = lab::load_spec(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), seed);
+        let paths: Vec<String> = scenario
+            .mix()
+            .into_iter()
+            .map(|(path, _)| path.split('?').next().unwrap_or_default().to_owned())
             .collect();
         let pending = settings.health_check.is_some();
         let profiles = scenario.profiles();
-        let ids = profiles.iter().map(|p| p.id.clone()).collect();
-        let backends: Vec<Backend> = profiles
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| Backend::new(p, &mix, pending, stream(seed, 100 + i as u64)))
-            .collect();
+        let ids: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        let backends: Vec<Backend> = profiles.into_iter().map(|p| Backend::new(p, &paths, pending)).collect();
         let kind = match strategy {
             SimStrategy::Classic(k) => k,
-            SimStrategy::Oracle => StrategyKind::RoundRobin,
+            SimStrategy::Greedy | SimStrategy::Clairvoyant => StrategyKind::RoundRobin,
         };
-        let warmup_ns = s_to_ns(scenario.warmup_s);
+        let warmup_ns = duration_ns(spec.warmup);
         let deadline_ns = ms_to_ns(scenario.deadline_ms).max(1);
-        let end_ns = warmup_ns + s_to_ns(scenario.duration_s);
-        let stop_ns = end_ns + deadline_ns;
+        let end_ns = warmup_ns + duration_ns(spec.duration);
         let n = backends.len();
-        let arrivals = Arrivals::new(scenario);
         let info = RunInfo {
             label: strategy.as_str().to_string(),
             url: format!("sim://{}", scenario.name),
-            target_rps: arrivals.mean_measured_rate(scenario.warmup_s, scenario.duration_s),
-            warmup: Duration::from_nanos(warmup_ns),
-            duration: Duration::from_nanos(end_ns - warmup_ns),
+            target_rps: spec.mean_rate(),
+            warmup: spec.warmup,
+            duration: spec.duration,
             deadline: Duration::from_nanos(deadline_ns),
             seed,
         };
@@ -526,28 +557,32 @@ impl Sim {
         Sim {
             settings: settings.clone(),
             strategy,
+            seed,
             params: Params {
                 kind,
                 decay_ns: settings.ewma_decay_ms as f64 * 1e6,
             },
             state: strategy::State::new(),
             pick_rng: stream(seed, 2),
-            arrival_rng: stream(seed, 1),
-            arrivals,
-            class_cdf,
+            schedule: Schedule::new(&spec),
+            next: None,
+            paths,
+            details: Details {
+                backends: ids.clone(),
+                decisions: vec![0; n],
+                served: Vec::new(),
+            },
             backends,
             ids,
             reqs: Vec::new(),
             free: Vec::new(),
             yielded: vec![false; n],
+            ends: BinaryHeap::new(),
             events: BinaryHeap::new(),
             seq: 0,
-            next_rid: 0,
             next_token: 0,
-            warmup_ns,
-            end_ns,
             deadline_ns,
-            stop_ns,
+            stop_ns: end_ns + deadline_ns,
             offered: 0,
             recorder: Recorder::new(info, &class_names),
         }
@@ -558,7 +593,7 @@ impl Sim {
         self.events.push(Reverse((t, self.seq, ev)));
     }
 
-    fn run(mut self) -> Report {
+    fn run(mut self) -> (Report, Details) {
         for b in 0..self.backends.len() {
             let starts: Vec<u64> = self.backends[b].phases.iter().map(|p| p.0).collect();
             for (k, &t) in starts.iter().enumerate() {
@@ -570,47 +605,32 @@ impl Sim {
         if self.settings.health_check.is_some() {
             self.push(0, Ev::Health);
         }
-        if let Some(t) = self.arrivals.next(&mut self.arrival_rng) {
-            self.push(s_to_ns(t), Ev::Arrival);
-        }
+        self.schedule_next();
         while let Some(Reverse((now, _, ev))) = self.events.pop() {
             match ev {
                 Ev::Arrival => self.arrival(now),
                 Ev::Done { slot, token } => self.done(slot, token, now),
-                Ev::Deadline { slot, rid } => self.deadline(slot, rid, now),
+                Ev::Deadline { slot, index } => self.deadline(slot, index, now),
                 Ev::Phase { backend } => self.phase(backend, now),
                 Ev::Health => self.health(now),
             }
         }
-        self.recorder.finish(Some(self.offered))
+        (self.recorder.finish(Some(self.offered)), self.details)
+    }
+
+    /// Takes the schedule's next request and its arrival event.
+    fn schedule_next(&mut self) {
+        self.next = self.schedule.next();
+        if let Some(a) = &self.next {
+            let t = duration_ns(a.at);
+            self.push(t, Ev::Arrival);
+        }
     }
 
     fn arrival(&mut self, now: u64) {
-        let u: f64 = self.arrival_rng.random();
-        let total = self.class_cdf.last().copied().unwrap_or(0.0);
-        let class = self
-            .class_cdf
-            .iter()
-            .position(|&c| u * total < c)
-            .unwrap_or(self.class_cdf.len().saturating_sub(1));
-        let measured = (self.warmup_ns..self.end_ns).contains(&now);
-        self.offered += u64::from(measured);
-        self.next_rid += 1;
-        let rid = self.next_rid;
-        let fresh = Req {
-            rid,
-            state: St::Routing,
-            arrival_ns: now,
-            class,
-            measured,
-            retries: 0,
-            tried: Vec::new(),
-            at: 0,
-            token: 0,
-            attempt_ns: now,
-            fate: Fate::Ok,
-            guard: None,
-        };
+        let Some(a) = self.next.take() else { return };
+        self.offered += u64::from(a.measured);
+        let fresh = Req::new(&a, now);
         let slot = match self.free.pop() {
             Some(slot) => {
                 let r = &mut self.reqs[slot as usize];
@@ -624,11 +644,9 @@ impl Sim {
                 (self.reqs.len() - 1) as u32
             }
         };
-        self.push(now + self.deadline_ns, Ev::Deadline { slot, rid });
+        self.push(now + self.deadline_ns, Ev::Deadline { slot, index: a.index });
         self.dispatch(slot, now);
-        if let Some(t) = self.arrivals.next(&mut self.arrival_rng) {
-            self.push(s_to_ns(t).max(now), Ev::Arrival);
-        }
+        self.schedule_next();
     }
 
     /// Routes the request in `slot` (first attempt or retry), as `upstream_peer` and the
@@ -645,6 +663,7 @@ impl Sim {
                 self.finish(slot, now, Outcome::Proxy(status));
                 return;
             };
+            self.decided(slot, b);
             self.next_token += 1;
             let guard = self.backends[b as usize].load.track();
             let r = &mut self.reqs[slot as usize];
@@ -666,10 +685,37 @@ impl Sim {
         }
     }
 
+    /// Backend `b` is picked for an attempt of the request in `slot`.
+    fn decided(&mut self, slot: u32, b: u32) {
+        let r = &self.reqs[slot as usize];
+        if r.measured {
+            self.details.decisions[b as usize] += 1;
+            self.recorder
+                .decision(Duration::from_nanos(r.arrival_ns), &self.ids[b as usize]);
+        }
+    }
+
+    /// The backend of the request in `slot` answers it after serving it for `service_ns`
+    /// (after slowdown); the rest of its latency is queueing.
+    fn served(&mut self, slot: u32, service_ns: u64, now: u64) {
+        let r = &mut self.reqs[slot as usize];
+        r.served_ns = Some(service_ns);
+        if !r.measured {
+            return;
+        }
+        let latency_ns = now - r.arrival_ns;
+        self.details.served.push(Served {
+            index: r.index,
+            backend: r.at as usize,
+            service_ms: service_ns as f64 / 1e6,
+            queueing_ms: latency_ns.saturating_sub(service_ns) as f64 / 1e6,
+        });
+    }
+
     fn select(&mut self, slot: u32, now: u64) -> Option<u32> {
         match self.strategy {
             SimStrategy::Classic(_) => self.select_classic(slot, now),
-            SimStrategy::Oracle => self.select_oracle(slot, now),
+            SimStrategy::Greedy | SimStrategy::Clairvoyant => self.select_reference(slot, now),
         }
     }
 
@@ -708,32 +754,50 @@ impl Sim {
         None
     }
 
-    fn select_oracle(&mut self, slot: u32, now: u64) -> Option<u32> {
-        let r = &self.reqs[slot as usize];
+    /// The references: the up backend this request has not tried with the least cost
+    /// (see `reference`), ties broken at random.
+    fn select_reference(&mut self, slot: u32, now: u64) -> Option<u32> {
+        for be in &mut self.backends {
+            be.refresh(now);
+        }
         let mut best: Option<(u32, f64)> = None;
         let mut ties = 0u32;
-        for (i, be) in self.backends.iter_mut().enumerate() {
-            let i = i as u32;
-            be.refresh(now);
-            if be.eff.down || r.tried.contains(&i) {
+        for b in 0..self.backends.len() as u32 {
+            let (be, r) = (&self.backends[b as usize], &self.reqs[slot as usize]);
+            if be.eff.down || r.tried.contains(&b) {
                 continue;
             }
-            let cost = be.oracle_cost_ns(r.class, self.deadline_ns as f64);
+            let cost = match self.strategy {
+                SimStrategy::Clairvoyant => {
+                    let draw = self.draw(slot, b);
+                    reference::clairvoyant_cost_ns(be, &self.reqs, r, &draw, now, self.deadline_ns, &mut self.ends)
+                }
+                _ => reference::greedy_cost_ns(be, r.class, self.deadline_ns as f64),
+            };
             match best {
                 Some((_, c)) if cost > c => {}
                 Some((_, c)) if cost == c => {
                     ties += 1;
                     if self.pick_rng.random_range(0..ties) == 0 {
-                        best = Some((i, cost));
+                        best = Some((b, cost));
                     }
                 }
                 _ => {
-                    best = Some((i, cost));
+                    best = Some((b, cost));
                     ties = 1;
                 }
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(b, _)| b)
+    }
+
+    /// The draw of the request in `slot` at backend `b` under the error rates in force there
+    /// (refreshed by the caller): the lab's backend draws the same from the same stream.
+    fn draw(&self, slot: u32, b: u32) -> Draw {
+        let r = &self.reqs[slot as usize];
+        let be = &self.backends[b as usize];
+        let mut rng = request_stream(self.seed, &self.ids[b as usize], r.index);
+        be.profile.draw(&be.eff.errors, &self.paths[r.class], &mut rng)
     }
 
     /// `on_backend_error`: passive health, then whether to retry elsewhere (the request is
@@ -772,24 +836,19 @@ impl Sim {
         }
     }
 
-    /// The request reaches an up backend.
+    /// The request reaches an up backend (refreshed by the caller): its draw, then a slot,
+    /// the queue or a 503.
     fn admit(&mut self, slot: u32, b: u32, now: u64) {
-        let be = &mut self.backends[b as usize];
-        let (fast, fate): (f64, f64) = (be.rng.random(), be.rng.random());
-        let e = &be.eff.errors;
-        if fast < e.fast_503 {
+        let draw = self.draw(slot, b);
+        let r = &mut self.reqs[slot as usize];
+        r.fate = draw.fate;
+        r.draw_ms = draw.service_ms;
+        if draw.fate == Fate::Fast503 {
             self.respond(slot, 503, now);
             return;
         }
-        let r = &mut self.reqs[slot as usize];
-        r.fate = if fate < e.hang {
-            Fate::Hang
-        } else if fate < e.hang + e.slow_500 {
-            Fate::Slow500
-        } else {
-            Fate::Ok
-        };
-        if be.in_service < be.eff.slots {
+        let be = &mut self.backends[b as usize];
+        if be.in_service() < be.eff.slots {
             self.start(slot, b, now);
         } else if be.queued < be.profile.queue {
             be.queued += 1;
@@ -800,17 +859,22 @@ impl Sim {
         }
     }
 
-    /// The request takes a slot of backend `b`.
+    /// The request takes a slot of backend `b`; its service time is its draw × the slowdown
+    /// in force now.
     fn start(&mut self, slot: u32, b: u32, now: u64) {
         let be = &mut self.backends[b as usize];
         be.refresh(now);
-        be.in_service += 1;
+        be.serving.push(slot);
         let r = &mut self.reqs[slot as usize];
         r.state = St::InService;
-        if r.fate != Fate::Hang {
-            let ms = be.service[r.class].sample(&mut be.rng) * be.eff.slowdown;
+        let gone = r.arrival_ns + self.deadline_ns;
+        if r.fate == Fate::Hang {
+            (r.service_ns, r.end_ns) = (0, gone);
+        } else {
+            let service = ms_to_ns(r.draw_ms * be.eff.slowdown);
+            (r.service_ns, r.end_ns) = (service, (now + service).min(gone));
             let token = r.token;
-            self.push(now + ms_to_ns(ms), Ev::Done { slot, token });
+            self.push(now + service, Ev::Done { slot, token });
         }
     }
 
@@ -819,7 +883,7 @@ impl Sim {
         loop {
             let be = &mut self.backends[b as usize];
             be.refresh(now);
-            if be.eff.down || be.in_service >= be.eff.slots {
+            if be.eff.down || be.in_service() >= be.eff.slots {
                 return;
             }
             let Some((slot, token)) = be.queue.pop_front() else {
@@ -839,8 +903,10 @@ impl Sim {
         if r.state != St::InService || r.token != token {
             return;
         }
-        let (b, status) = (r.at, if r.fate == Fate::Slow500 { 500 } else { 200 });
-        self.backends[b as usize].in_service -= 1;
+        let (b, service_ns) = (r.at, r.service_ns);
+        let status = if r.fate == Fate::Slow500 { 500 } else { 200 };
+        self.backends[b as usize].leave(slot);
+        self.served(slot, service_ns, now);
         self.respond(slot, status, now);
         self.pull(b, now);
     }
@@ -865,7 +931,7 @@ impl Sim {
         if r.measured {
             let answer = match outcome {
                 Outcome::Backend(status, b) => Answer::Response {
-                    service: None,
+                    service: r.served_ns.map(Duration::from_nanos),
                     status,
                     backend: Some(self.ids[b as usize].clone()),
                 },
@@ -885,9 +951,9 @@ impl Sim {
         self.free.push(slot);
     }
 
-    fn deadline(&mut self, slot: u32, rid: u64, now: u64) {
+    fn deadline(&mut self, slot: u32, index: u64, now: u64) {
         let r = &self.reqs[slot as usize];
-        if r.rid != rid || r.state == St::Free {
+        if r.index != index || r.state == St::Free {
             return;
         }
         let (b, state) = (r.at, r.state);
@@ -895,7 +961,7 @@ impl Sim {
         let be = &mut self.backends[b as usize];
         match state {
             St::InService => {
-                be.in_service -= 1;
+                be.leave(slot);
                 self.pull(b, now);
             }
             St::Queued => be.queued -= 1,
@@ -925,7 +991,7 @@ impl Sim {
             })
             .collect();
         let be = &mut self.backends[b as usize];
-        be.in_service = 0;
+        be.serving.clear();
         be.queued = 0;
         be.queue.clear();
         for slot in victims {
@@ -967,29 +1033,46 @@ mod tests {
             assert_eq!(s.as_str().parse::<SimStrategy>(), Ok(s));
             assert_eq!(s.to_string(), s.as_str());
         }
+        assert_eq!("oracle".parse::<SimStrategy>(), Ok(SimStrategy::Greedy));
         assert!("fastest".parse::<SimStrategy>().is_err());
+        let references: Vec<&str> = SimStrategy::ALL
+            .iter()
+            .filter(|s| s.is_reference())
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(references, ["greedy", "clairvoyant"]);
     }
 
     #[test]
-    fn ramp_rates_are_followed() {
+    fn the_model_plays_the_generators_schedule() {
         let s = scenario(
-            "name: t\nduration_s: 10\nwarmup_s: 2\nload: { ramp: { from: 0.5, to: 1.5 } }\nfleet: [ { id: a, slots: 1, service: { dist: constant, ms: 1 } } ]\n",
+            "name: t\nduration_s: 10\nwarmup_s: 2\nload: { ramp: { from: 0.5, to: 1.5 } }\nclasses: [ { name: x, path: /x, weight: 1 }, { name: y, path: /y, weight: 3 } ]\nfleet: [ { id: a, slots: 1, service: { dist: constant, ms: 1 } } ]\n",
         );
-        let mut a = Arrivals::new(&s);
-        assert!((a.mean_measured_rate(2.0, 10.0) - 1000.0).abs() < 1e-6);
-        assert!((a.rate(1.0) - 500.0).abs() < 1e-6);
-        assert!((a.rate(7.0) - 1000.0).abs() < 1e-6);
-        assert!((a.rate(12.0) - 1500.0).abs() < 1e-6);
-        let mut rng = stream(1, 1);
-        let mut a = Arrivals::new(&s);
-        let (mut early, mut late) = (0, 0);
-        while let Some(t) = a.next(&mut rng) {
-            early += u32::from((2.0..4.0).contains(&t));
-            late += u32::from((10.0..12.0).contains(&t));
-        }
+        let spec = lab::load_spec(&s, SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)), 5);
+        // Capacity 1000 req/s: 500 during the warm-up and at the start, 1500 at the end.
+        assert!((spec.mean_rate() - 1000.0).abs() < 1e-6);
+        assert!((spec.rate_at(Duration::from_secs(1)) - 500.0).abs() < 1e-6);
+        assert!((spec.rate_at(Duration::from_secs(7)) - 1000.0).abs() < 1e-6);
+        assert!((spec.rate_at(Duration::from_secs(12)) - 1500.0).abs() < 1e-6);
+        let mut sim = Sim::new(&s, &ProxySettings::default(), StrategyKind::RoundRobin.into(), 5);
+        let played: Vec<Arrival> = std::iter::from_fn(|| {
+            sim.schedule_next();
+            sim.next
+        })
+        .collect();
+        let generated: Vec<Arrival> = Schedule::new(&spec).collect();
+        assert_eq!(played, generated);
+        let (early, late) = played.iter().fold((0, 0), |(e, l), a| {
+            let t = a.at.as_secs_f64();
+            (
+                e + u32::from((2.0..4.0).contains(&t)),
+                l + u32::from((10.0..12.0).contains(&t)),
+            )
+        });
         // Expected 1200 and 2800.
         assert!((1100..1300).contains(&early), "{early}");
         assert!((2650..2950).contains(&late), "{late}");
+        assert_eq!(sim.paths, ["/x", "/y"]);
     }
 
     #[test]
@@ -997,23 +1080,14 @@ mod tests {
         let s = scenario("name: t\nduration_s: 1\nload: { rate: 1 }\nfleet: [ { id: a, count: 3 } ]\n");
         let mut sim = Sim::new(&s, &ProxySettings::default(), StrategyKind::RoundRobin.into(), 1);
         sim.passive_failure(1, Failure::Connect, 0);
-        let slot = {
-            sim.reqs.push(Req {
-                rid: 1,
-                state: St::Routing,
-                arrival_ns: 0,
-                class: 0,
-                measured: false,
-                retries: 0,
-                tried: vec![],
-                at: 0,
-                token: 0,
-                attempt_ns: 0,
-                fate: Fate::Ok,
-                guard: None,
-            });
-            0
+        let arrival = Arrival {
+            index: 0,
+            at: Duration::ZERO,
+            class: 0,
+            measured: false,
         };
+        sim.reqs.push(Req::new(&arrival, 0));
+        let slot = 0;
         let picks: Vec<u32> = (0..4).filter_map(|_| sim.select_classic(slot, 10)).collect();
         assert!(!picks.contains(&1), "{picks:?}");
         // The ejection cap (one of three) keeps the others in.

@@ -188,13 +188,15 @@ pub fn sibling_binaries() -> (PathBuf, PathBuf) {
 }
 
 /// Splits `strategies` into what runs in the lab and what is skipped (peers not
-/// installed, `oracle`, which exists only in the model).
+/// installed, the references, which exist only in the model).
 pub fn plan(strategies: &[Target]) -> (Vec<Target>, Vec<Skipped>) {
     let mut run = Vec::new();
     let mut skipped = Vec::new();
     for t in strategies {
         let reason = match t {
-            Target::Ours(s) if s == target::ORACLE => Some("oracle exists only in the model (--simulate)".to_owned()),
+            t if t.is_reference() || t.strategy() == target::ORACLE => {
+                Some(format!("{t} is a reference of the model only (--simulate)"))
+            }
             Target::Ours(_) => None,
             peer => peer.peer_binary().is_none().then(|| {
                 let bin = if matches!(peer, Target::Nginx(_)) {

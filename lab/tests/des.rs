@@ -1,10 +1,13 @@
 //! The discrete-event model (`nb_lab::des`): determinism, queueing sanity, and the
 //! qualitative results the benchmark relies on.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use backend_sim::model::request_stream;
+
 use nb_lab::bench::Report;
-use nb_lab::des::{simulate, simulate_with, ProxySettings, SimStrategy};
+use nb_lab::des::{simulate, simulate_detailed, simulate_with, Details, ProxySettings, SimStrategy};
 use nb_lab::scenario::Scenario;
 use nb_strategy::StrategyKind;
 
@@ -74,6 +77,186 @@ fn the_schedule_is_the_same_for_every_strategy() {
     assert!(offered.windows(2).all(|w| w[0] == w[1]), "{offered:?}");
 }
 
+/// A fleet of unequal backends without phases, so a request's service time at a backend is
+/// its draw there, whoever sent it.
+const UNEQUAL: &str = "
+name: unequal
+duration_s: 10
+warmup_s: 1
+deadline_ms: 500
+load: { capacity_fraction: 0.7 }
+classes:
+  - { name: cheap, path: /cheap, weight: 4 }
+  - { name: heavy, path: /heavy, weight: 1 }
+fleet:
+  - id: a
+    count: 3
+    slots: 4
+    service: { dist: exponential, mean_ms: 10 }
+    classes: [ { path_prefix: /heavy, service: { dist: log_normal, median_ms: 30, sigma: 0.8 } } ]
+    errors: { fast_503: 0.02, slow_500: 0.02 }
+  - { id: b, slots: 2, service: { dist: bounded_pareto, min_ms: 5, max_ms: 300, alpha: 1.3 } }
+";
+
+#[test]
+fn every_strategy_faces_the_same_draws() {
+    let s = scenario(UNEQUAL);
+    let seed = 21;
+    let profiles = s.profiles();
+    let mut seen: HashMap<(u64, usize), f64> = HashMap::new();
+    let mut shared = 0;
+    for k in [
+        SimStrategy::Classic(StrategyKind::RoundRobin),
+        SimStrategy::Classic(StrategyKind::P2cEwma),
+        SimStrategy::Classic(StrategyKind::Random),
+        SimStrategy::Greedy,
+        SimStrategy::Clairvoyant,
+    ] {
+        let (report, details) = simulate_detailed(&s, k, seed);
+        assert_eq!(details.backends, ["a-1", "a-2", "a-3", "b"]);
+        assert_eq!(
+            details.served.len() as u64,
+            status(&report, "200") + status(&report, "500")
+        );
+        for x in &details.served {
+            // The draw the lab's backend makes for this request (no slowdown here).
+            let p = &profiles[x.backend];
+            let path = ["/cheap", "/heavy"].iter().find(|path| {
+                let mut rng = request_stream(seed, &p.id, x.index);
+                let d = p.draw(&p.errors, path, &mut rng);
+                (d.service_ms - x.service_ms).abs() < 1e-6
+            });
+            assert!(
+                path.is_some(),
+                "{k}: request {} at {}: {} ms",
+                x.index,
+                p.id,
+                x.service_ms
+            );
+            if let Some(before) = seen.insert((x.index, x.backend), x.service_ms) {
+                assert_eq!(before, x.service_ms, "{k}: request {} at {}", x.index, p.id);
+                shared += 1;
+            }
+        }
+    }
+    assert!(shared > 5_000, "only {shared} requests met the same backend twice");
+}
+
+#[test]
+fn on_a_single_backend_every_strategy_gives_the_same_report() {
+    // Nothing to choose: with the shared arrivals and draws every strategy must produce the
+    // very same run, errors, slowdowns, warm-up and all.
+    let s = scenario(
+        "name: one\nduration_s: 10\nwarmup_s: 2\nload: { rate: 300 }\nfleet: [ { id: only, slots: 4, queue: 8, service: { dist: exponential, mean_ms: 10 }, errors: { fast_503: 0.02, slow_500: 0.02, hang: 0.005 }, warmup: { duration_s: 4, factor: 2 }, phases: [ { at_s: 6, slowdown: 1.5 } ] } ]\n",
+    );
+    let runs: Vec<(String, Report, Details)> = SimStrategy::ALL
+        .iter()
+        .map(|&k| {
+            let (r, d) = simulate_detailed(&s, k, 4);
+            let json = serde_json::to_string(&r.clone().with_label("x")).expect("JSON");
+            (json, r, d)
+        })
+        .collect();
+    let (json, first, details) = &runs[0];
+    assert!(first.errors > 0 && first.ok > 2000, "{first:?}");
+    for (k, (j, r, d)) in SimStrategy::ALL.iter().zip(&runs) {
+        assert_eq!(j, json, "{k}");
+        assert_eq!(d, details, "{k}");
+        assert_eq!(r.label, k.as_str());
+    }
+}
+
+#[test]
+fn every_pick_is_a_decision_even_when_nobody_answers() {
+    // Round robin over ten backends, one of which never answers: a tenth of the decisions
+    // go to it although it answers none.
+    let s = scenario(
+        "name: hole\nduration_s: 20\nwarmup_s: 2\ndeadline_ms: 200\nload: { rate: 500 }\nfleet:\n  - { id: ok, count: 9, slots: 8, service: { dist: exponential, mean_ms: 5 } }\n  - { id: hole, slots: 1000, service: { dist: constant, ms: 5 }, errors: { hang: 1.0 } }\n",
+    );
+    let (r, d) = simulate_detailed(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 2);
+    let share = d.decision_share();
+    assert!((share["hole"] - 0.1).abs() < 0.005, "{share:?}");
+    // The report's share is the decisions; the responses lose every timeout.
+    assert_eq!(r.share, share);
+    assert!(!r.response_share.contains_key("hole"), "{:?}", r.response_share);
+    assert_eq!(d.decisions.iter().sum::<u64>(), r.sent, "one decision per request");
+    assert!((r.timeouts as f64 / r.sent as f64 - 0.1).abs() < 0.005);
+
+    // A backend that is down refuses; the pick counts, and so does the retry's.
+    let s = scenario(&format!(
+        "{OUTAGE}pool: {{ outlier_detection: {{ base_ejection_ms: 100 }} }}\n"
+    ));
+    let (r, d) = simulate_detailed(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 4);
+    let flaky = d.backends.iter().position(|id| id == "flaky").expect("flaky");
+    let total: u64 = d.decisions.iter().sum();
+    assert_eq!(r.errors, 0, "{:?}", r.status_counts);
+    assert!(
+        total > r.sent,
+        "retries are decisions too: {total} for {} requests",
+        r.sent
+    );
+    let refused = total - r.sent;
+    // Its answered share undercounts the decisions by the refusals.
+    assert!(d.decisions[flaky] > (r.response_share["flaky"] * r.sent as f64) as u64 + refused / 2);
+    assert_eq!(r.decisions["flaky"], d.decisions[flaky]);
+}
+
+#[test]
+fn queueing_delay_is_latency_minus_the_requests_own_service() {
+    let s = scenario(
+        "name: q\nduration_s: 20\nwarmup_s: 1\nload: { rate: 60 }\nfleet: [ { id: a, slots: 1, service: { dist: constant, ms: 10 } } ]\n",
+    );
+    let (r, d) = simulate_detailed(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 3);
+    assert_eq!(d.served.len() as u64, r.ok);
+    assert!(d
+        .served
+        .iter()
+        .all(|x| about(x.service_ms, 10.0) && x.queueing_ms >= 0.0));
+    let mean_queueing = d.served.iter().map(|x| x.queueing_ms).sum::<f64>() / d.served.len() as f64;
+    // M/D/1 at utilisation 0.6: mean wait rho × D / (2 (1 - rho)) = 7.5 ms.
+    assert!((mean_queueing - 7.5).abs() < 1.5, "{mean_queueing}");
+    assert!(
+        (r.latency_ms.mean - 10.0 - mean_queueing).abs() < 0.05,
+        "{:?}",
+        r.latency_ms
+    );
+    assert!(d.served.iter().filter(|x| x.queueing_ms == 0.0).count() > d.served.len() / 4);
+}
+
+#[test]
+fn clairvoyance_beats_greedy_on_the_mean_and_round_robin_on_p99() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/scenarios");
+    for file in ["s1-static-skew.yaml", "s4-mixed-classes.yaml"] {
+        let mut s = Scenario::load(&dir.join(file)).expect("valid scenario");
+        s.duration_s = 10.0;
+        s.warmup_s = 2.0;
+        for seed in [1, 2] {
+            let rr = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), seed);
+            let greedy = simulate(&s, SimStrategy::Greedy, seed);
+            let clairvoyant = simulate(&s, SimStrategy::Clairvoyant, seed);
+            assert!(
+                clairvoyant.latency_ms.mean <= greedy.latency_ms.mean,
+                "{file} seed {seed}: clairvoyant {:?} vs greedy {:?}",
+                clairvoyant.latency_ms,
+                greedy.latency_ms
+            );
+            assert!(
+                clairvoyant.latency_ms.p99 <= rr.latency_ms.p99,
+                "{file} seed {seed}: clairvoyant {:?} vs round robin {:?}",
+                clairvoyant.latency_ms,
+                rr.latency_ms
+            );
+            for k in [SimStrategy::Greedy, SimStrategy::Clairvoyant] {
+                assert_eq!(
+                    simulate_detailed(&s, k, seed),
+                    simulate_detailed(&s, k, seed),
+                    "{file}: {k}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_single_server_queue_matches_queueing_theory() {
     // M/M/1 at utilisation 0.5: sojourn time ~ Exp(mu - lambda), mean 20 ms, median 13.9 ms.
@@ -111,7 +294,7 @@ fn a_homogeneous_fleet_is_shared_equally_by_every_strategy() {
 }
 
 #[test]
-fn on_a_two_speed_fleet_p2c_beats_round_robin_and_the_oracle_beats_everyone() {
+fn on_a_two_speed_fleet_p2c_beats_round_robin_and_the_references_beat_everyone() {
     // Two of ten backends 8x slower. (With half the fleet slow, p2c would send at least the
     // (5/10)(4/9) of requests whose two choices are both slow to the slow pair and drown it.)
     let s = scenario(
@@ -119,7 +302,8 @@ fn on_a_two_speed_fleet_p2c_beats_round_robin_and_the_oracle_beats_everyone() {
     );
     let rr = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 5);
     let p2c = simulate(&s, SimStrategy::Classic(StrategyKind::P2cEwma), 5);
-    let oracle = simulate(&s, SimStrategy::Oracle, 5);
+    let greedy = simulate(&s, SimStrategy::Greedy, 5);
+    let clairvoyant = simulate(&s, SimStrategy::Clairvoyant, 5);
     assert!(
         p2c.latency_ms.p99 < rr.latency_ms.p99 / 2.0,
         "p2c {:?} vs rr {:?}",
@@ -140,19 +324,29 @@ fn on_a_two_speed_fleet_p2c_beats_round_robin_and_the_oracle_beats_everyone() {
     );
     for k in classic() {
         let r = simulate(&s, k, 5);
-        assert!(
-            oracle.latency_ms.p99 <= r.latency_ms.p99 && oracle.latency_ms.mean <= r.latency_ms.mean,
-            "oracle {:?} vs {k} {:?}",
-            oracle.latency_ms,
-            r.latency_ms
-        );
-        assert!(
-            oracle.errors <= r.errors,
-            "oracle {} errors vs {k} {}",
-            oracle.errors,
-            r.errors
-        );
+        for reference in [&greedy, &clairvoyant] {
+            assert!(
+                reference.latency_ms.p99 <= r.latency_ms.p99 && reference.latency_ms.mean <= r.latency_ms.mean,
+                "{} {:?} vs {k} {:?}",
+                reference.label,
+                reference.latency_ms,
+                r.latency_ms
+            );
+            assert!(
+                reference.errors <= r.errors,
+                "{} {} errors vs {k} {}",
+                reference.label,
+                reference.errors,
+                r.errors
+            );
+        }
     }
+    assert!(
+        clairvoyant.latency_ms.mean < greedy.latency_ms.mean,
+        "clairvoyant {:?} vs greedy {:?}",
+        clairvoyant.latency_ms,
+        greedy.latency_ms
+    );
 }
 
 #[test]
@@ -167,8 +361,10 @@ fn a_full_queue_answers_503_at_once() {
     assert_eq!(r.timeouts, 0);
     assert_eq!(rejected + status(&r, "200"), r.sent);
     assert!((r.goodput_rps - 200.0).abs() < 10.0, "goodput {}", r.goodput_rps);
-    assert!(r.latency_ms.max <= 30.1, "{:?}", r.latency_ms);
-    assert_eq!(r.share["a"], 1.0, "the backend's own 503s carry its id");
+    // The served wait at most 30 ms; the turned away count at the deadline.
+    assert!(r.success_latency_ms.max <= 30.1, "{:?}", r.success_latency_ms);
+    assert!(r.latency_ms.p99 >= r.deadline_ms - 1.0, "{:?}", r.latency_ms);
+    assert_eq!(r.response_share["a"], 1.0, "the backend's own 503s carry its id");
 }
 
 #[test]
@@ -284,7 +480,11 @@ fn sixty_seconds_at_two_thousand_requests_per_second_simulate_quickly() {
     } else {
         Duration::from_secs(2)
     };
-    for k in [SimStrategy::Classic(StrategyKind::P2cEwma), SimStrategy::Oracle] {
+    for k in [
+        SimStrategy::Classic(StrategyKind::P2cEwma),
+        SimStrategy::Greedy,
+        SimStrategy::Clairvoyant,
+    ] {
         let t0 = Instant::now();
         let r = simulate(&s, k, 1);
         let took = t0.elapsed();
@@ -294,7 +494,7 @@ fn sixty_seconds_at_two_thousand_requests_per_second_simulate_quickly() {
     }
 }
 
-/// The shipped scenarios with every strategy, as a table (`cargo test --release -p backend-sim
+/// The shipped scenarios with every strategy, as a table (`cargo test --release -p nb-lab
 /// --test des -- --ignored --nocapture`).
 #[test]
 #[ignore = "slow in debug; a report rather than a check"]

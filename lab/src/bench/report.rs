@@ -16,8 +16,8 @@
 //!   request worked waited; read it beside the error rate.
 //! * **Queueing delay** (`queueing_ms`): latency minus the request's own service time, which
 //!   the backend reports in `server-timing: service;dur=…`: the waiting (in the proxy, on the
-//!   network, in the backend's queue) that a load balancer controls. Over the answers that
-//!   carried the header.
+//!   network, in the backend's queue) that a load balancer controls. Over the 2xx answers
+//!   that carried the header (a fast rejection is not a short wait).
 //! * **Generator lag** (`dispatch_lag_ms`): how late requests were sent. A run whose lag p99
 //!   exceeds [`LAG_P99_LIMIT_MS`] is flagged (`lagging`): its latencies include the
 //!   generator's own delay.
@@ -150,10 +150,10 @@ pub struct Report {
     /// Latency of the 2xx answers only.
     #[serde(default)]
     pub success_latency_ms: LatencySummary,
-    /// Latency minus the request's own service time, over the answers that reported it.
+    /// Latency minus the request's own service time, over the 2xx answers that reported it.
     #[serde(default)]
     pub queueing_ms: LatencySummary,
-    /// Answers that reported their service time (the population of `queueing_ms`).
+    /// 2xx answers that reported their service time (the population of `queueing_ms`).
     #[serde(default)]
     pub queueing_count: u64,
     /// How late requests were started after their intended send time (part
@@ -326,9 +326,12 @@ impl Recorder {
         if ok {
             self.ok_hist.saturating_record(us);
         }
-        if let Answer::Response {
-            service: Some(service), ..
-        } = &answer
+        if let (
+            true,
+            Answer::Response {
+                service: Some(service), ..
+            },
+        ) = (ok, &answer)
         {
             self.queueing
                 .saturating_record(micros(latency.saturating_sub(*service)));

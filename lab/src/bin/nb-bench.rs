@@ -45,7 +45,7 @@ struct Args {
     strategies: Option<String>,
     /// The strategy the others' p99 is divided by, paired per repetition [default: the
     /// first].
-    #[arg(long, conflicts_with_all = ["url", "simulate"])]
+    #[arg(long, conflicts_with = "url")]
     baseline: Option<String>,
     /// Repetitions; each runs every strategy once, in order.
     #[arg(long, default_value_t = 1, conflicts_with = "url", value_parser = clap::value_parser!(u32).range(1..))]
@@ -176,7 +176,12 @@ async fn scenario_mode(args: &Args) -> Result<(), Fail> {
         eprintln!("note: {n}");
     }
     let (done, failures) = if args.simulate {
-        simulate(&scenarios, &strategies, args.reps)
+        let baseline = args
+            .baseline
+            .as_ref()
+            .and_then(|b| b.parse::<Target>().ok())
+            .map(|b| b.to_string());
+        simulate(&scenarios, &strategies, args.reps, baseline)
     } else {
         let Some(done) = lab_runs(args, &scenarios, &strategies).await? else {
             return Err(Fail("interrupted: children stopped, nothing written".into(), 130));
@@ -266,11 +271,16 @@ fn rep_failures(s: &Scenario, r: &ScenarioResult) -> Vec<String> {
         .collect()
 }
 
-fn simulate(scenarios: &[(PathBuf, Scenario)], strategies: &[Target], reps: u32) -> (Vec<ScenarioResult>, Vec<String>) {
+fn simulate(
+    scenarios: &[(PathBuf, Scenario)],
+    strategies: &[Target],
+    reps: u32,
+    baseline: Option<String>,
+) -> (Vec<ScenarioResult>, Vec<String>) {
     let mut done = Vec::new();
     let mut failures = Vec::new();
     for (file, s) in scenarios {
-        match lab::simulate_scenario(file, s, strategies, reps) {
+        match lab::simulate_scenario(file, s, strategies, reps, baseline.clone()) {
             Ok(r) => {
                 print_result(&r);
                 failures.extend(rep_failures(s, &r));

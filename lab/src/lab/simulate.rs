@@ -1,52 +1,70 @@
 //! `nb-bench --simulate`: the scenarios through the discrete-event model
-//! ([`crate::des::simulate`]) instead of real processes, with `oracle` always included
-//! as the ceiling that every other strategy's p99 is compared with.
+//! ([`crate::des::simulate`]) instead of real processes. The model plays the lab's own
+//! arrival schedule and per-request draws, and adds two references no real strategy can be:
+//! `greedy` (every backend's true queue and speed), always included, and `clairvoyant`
+//! (also each request's own service time). Both are greedy per request, so neither is a
+//! strict ceiling for tail latency; ratios are against the first strategy, as in the lab,
+//! so that a reference's own tail does not squeeze every ratio towards 1.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::target::{Target, ORACLE, OUR_STRATEGIES};
+use super::target::{Target, OUR_STRATEGIES, REFERENCES};
 use super::{finish, rep_seed, LabError, RunResult, ScenarioResult, Skipped};
 use crate::bench::Report;
 use crate::des::SimStrategy;
 use crate::scenario::Scenario;
 
-/// What `--simulate` runs when `--strategies` is not given: every classic strategy and
-/// the oracle.
-pub const SIM_STRATEGIES: [&str; 6] = [
+/// The reference always run.
+const GREEDY: &str = REFERENCES[0];
+
+/// What `--simulate` runs when `--strategies` is not given: every classic strategy, then
+/// the references.
+pub const SIM_STRATEGIES: [&str; 7] = [
     OUR_STRATEGIES[0],
     OUR_STRATEGIES[1],
     OUR_STRATEGIES[2],
     OUR_STRATEGIES[3],
     OUR_STRATEGIES[4],
-    ORACLE,
+    REFERENCES[0],
+    REFERENCES[1],
 ];
 
 /// Simulates one scenario: each of `strategies` (peers are skipped: they are not
-/// modelled; `oracle` is added if missing) `reps` times with the seeds a lab run would
-/// use, spread over the machine's cores.
+/// modelled; a former name such as `oracle` runs and reports as its current one; `greedy`
+/// is added if missing; `NAME@no_orca` runs with every profile's ORCA report off) `reps`
+/// times with the seeds a lab run would use, spread over the machine's cores. The baseline
+/// is `baseline` if it ran, else the first strategy.
 pub fn simulate_scenario(
     file: &Path,
     scenario: &Scenario,
     strategies: &[Target],
     reps: u32,
+    baseline: Option<String>,
 ) -> Result<ScenarioResult, LabError> {
     let started = Instant::now();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let mut skipped = Vec::new();
     for t in strategies {
         match t {
-            Target::Ours(s) => names.push(s.clone()),
+            Target::Ours(s) => {
+                let name = s
+                    .parse::<SimStrategy>()
+                    .map_or_else(|_| s.clone(), |k| k.as_str().to_owned() + &s[t.strategy().len()..]);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
             peer => skipped.push(Skipped {
                 strategy: peer.to_string(),
                 reason: "peer proxies are not modelled (--simulate)".into(),
             }),
         }
     }
-    if !names.iter().any(|n| n == ORACLE) {
-        names.push(ORACLE.to_owned());
+    if !names.iter().any(|n| n == GREEDY) {
+        names.push(GREEDY.to_owned());
     }
     let jobs: Vec<(u32, &String)> = (0..reps).flat_map(|rep| names.iter().map(move |n| (rep, n))).collect();
     let next = AtomicUsize::new(0);
@@ -84,11 +102,63 @@ pub fn simulate_scenario(
             }),
         }
     }
-    finish(file, scenario, names, reps, runs, skipped, started, None)
+    finish(file, scenario, names, reps, runs, skipped, started, baseline)
 }
 
-/// One simulated run of `strategy`.
+/// One simulated run of `strategy` (`NAME@no_orca`: with every ORCA report off).
 fn model(scenario: &Scenario, strategy: &str, seed: u64) -> Result<Report, String> {
-    let strategy: SimStrategy = strategy.parse()?;
-    Ok(crate::des::simulate(scenario, strategy, seed))
+    let target: Target = strategy.parse()?;
+    let kind: SimStrategy = target.strategy().parse()?;
+    if target.orca_off() {
+        let mut ablated = scenario.clone();
+        for p in &mut ablated.fleet {
+            p.orca = false;
+        }
+        return Ok(crate::des::simulate(&ablated, kind, seed));
+    }
+    Ok(crate::des::simulate(scenario, kind, seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_list_is_every_model_strategy_in_order() {
+        let model: Vec<&str> = SimStrategy::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(SIM_STRATEGIES.as_slice(), model.as_slice());
+        for name in SIM_STRATEGIES.iter().chain(&[super::super::target::ORACLE]) {
+            assert!(name.parse::<Target>().is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_former_name_runs_and_reports_as_the_current_one() {
+        let s = Scenario::parse(
+            "t",
+            "name: t\nduration_s: 2\nwarmup_s: 1\nload: { rate: 100 }\nfleet: [ { id: a, count: 2 } ]\n",
+        )
+        .expect("valid scenario");
+        let targets = super::super::target::parse_list("oracle,clairvoyant,greedy").expect("valid list");
+        let r = simulate_scenario(Path::new("t.yaml"), &s, &targets, 1, None).expect("simulated");
+        assert_eq!(r.strategies, ["greedy", "clairvoyant"]);
+        assert_eq!(r.baseline, "greedy");
+        let labels: Vec<&str> = r.runs.iter().map(|run| run.report.label.as_str()).collect();
+        assert_eq!(labels, ["greedy", "clairvoyant"]);
+    }
+
+    #[test]
+    fn an_ablation_runs_under_its_own_name_and_the_first_strategy_is_the_baseline() {
+        let s = Scenario::parse(
+            "t",
+            "name: t\nduration_s: 2\nwarmup_s: 1\nload: { rate: 100 }\nfleet: [ { id: a, count: 2 } ]\n",
+        )
+        .expect("valid scenario");
+        let targets = super::super::target::parse_list("p2c_ewma,p2c_ewma@no_orca").expect("valid list");
+        let r = simulate_scenario(Path::new("t.yaml"), &s, &targets, 1, None).expect("simulated");
+        assert_eq!(r.strategies, ["p2c_ewma", "p2c_ewma@no_orca", "greedy"]);
+        assert_eq!(r.baseline, "p2c_ewma");
+        let r = simulate_scenario(Path::new("t.yaml"), &s, &targets, 1, Some("greedy".into())).expect("simulated");
+        assert_eq!(r.baseline, "greedy");
+    }
 }

@@ -36,7 +36,7 @@ pub const HAPROXY_METHODS: [&str; 2] = ["leastconn", "roundrobin"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// `neurabalancer` with this pool strategy (or, in `--simulate`, the model's
-    /// strategy of that name, `oracle` included).
+    /// strategy of that name, the references included).
     Ours(String),
     /// nginx with `least_conn` or `random two least_conn`.
     Nginx(String),
