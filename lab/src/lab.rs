@@ -46,7 +46,7 @@ use indicatif::ProgressBar;
 
 use crate::bench::{self, LoadSpec, Report, RequestClass};
 use crate::scenario::{Load, Scenario, ScenarioError};
-use procs::{ChildGuard, TempDir};
+use procs::{ChildGuard, Role, TempDir};
 pub use results::{Aggregate, Machine, Results, RunResult, ScenarioResult, Skipped};
 pub use simulate::{simulate_scenario, SIM_STRATEGIES};
 pub use target::{parse_list, Target};
@@ -337,6 +337,7 @@ fn finish(
         runs,
         aggregates,
         skipped,
+        passive_health: configs::passive_health_notes(scenario),
         charts: Vec::new(),
         wall_s: started.elapsed().as_secs_f64(),
     })
@@ -456,7 +457,8 @@ async fn start_fleet(
         .arg("--stats-listen")
         .arg(run.stats.to_string())
         .env("RUST_LOG", "warn");
-    let mut fleet = ChildGuard::spawn("backend-sim", &mut cmd, &dir.join("fleet.log")).map_err(|e| e.to_string())?;
+    let mut fleet = ChildGuard::spawn_as(Role::Fleet, "backend-sim", &mut cmd, &dir.join("fleet.log"))
+        .map_err(|e| e.to_string())?;
     let mut wait_for = up_at_start;
     wait_for.push(run.stats);
     procs::wait_listening(&mut fleet, &wait_for, READY_LIMIT).await?;
@@ -500,7 +502,7 @@ async fn start_front(
         Target::Ours(_) => {
             write(
                 "upstreams.yaml",
-                configs::neurabalancer_upstreams(target.strategy(), scenario.pool.as_ref(), servers),
+                configs::neurabalancer_upstreams(target.strategy(), scenario, servers),
             )?;
             let main = write("neurabalancer.yaml", configs::neurabalancer_main(front, admin, dir))?;
             let mut cmd = Command::new(&opts.proxy_bin);
@@ -509,13 +511,14 @@ async fn start_front(
                 .arg(main)
                 .env("RUST_LOG", "warn")
                 .env_remove("NEURABALANCER_ADMIN_TOKEN");
-            let mut child = ChildGuard::spawn("neurabalancer", &mut cmd, &log).map_err(|e| e.to_string())?;
+            let mut child =
+                ChildGuard::spawn_as(Role::Proxy, "neurabalancer", &mut cmd, &log).map_err(|e| e.to_string())?;
             procs::wait_http_200(&mut child, admin, "/health/ready", READY_LIMIT).await?;
             child
         }
         Target::Nginx(method) => {
             let bin = target.peer_binary().ok_or("nginx is not installed")?;
-            let conf = write("nginx.conf", configs::nginx_conf(method, front, servers, dir))?;
+            let conf = write("nginx.conf", configs::nginx_conf(method, front, servers, dir, scenario))?;
             let mut cmd = Command::new(bin);
             cmd.arg("-p")
                 .arg(dir)
@@ -523,17 +526,14 @@ async fn start_front(
                 .arg(dir.join("error.log"))
                 .arg("-c")
                 .arg(conf);
-            ChildGuard::spawn("nginx", &mut cmd, &log).map_err(|e| e.to_string())?
+            ChildGuard::spawn_as(Role::Proxy, "nginx", &mut cmd, &log).map_err(|e| e.to_string())?
         }
         Target::Haproxy(method) => {
             let bin = target.peer_binary().ok_or("haproxy is not installed")?;
-            let cfg = write(
-                "haproxy.cfg",
-                configs::haproxy_cfg(method, front, servers, scenario.pool.as_ref()),
-            )?;
+            let cfg = write("haproxy.cfg", configs::haproxy_cfg(method, front, servers, scenario))?;
             let mut cmd = Command::new(bin);
             cmd.arg("-db").arg("-f").arg(cfg);
-            ChildGuard::spawn("haproxy", &mut cmd, &log).map_err(|e| e.to_string())?
+            ChildGuard::spawn_as(Role::Proxy, "haproxy", &mut cmd, &log).map_err(|e| e.to_string())?
         }
     };
     procs::wait_listening(&mut child, &[front], READY_LIMIT).await?;

@@ -14,6 +14,7 @@
 //!   - { id: fast, count: 8, slots: 8, service: { dist: exponential, mean_ms: 10 } }
 //!   - { id: slow8, slots: 8, service: { dist: exponential, mean_ms: 80 } }
 //! pool: { health_check: { path: /health, interval_ms: 500 } }   # optional extra pool settings for the proxy
+//! passive_health: on      # default; off: no proxy ejects backends on the failures it sees
 //! ```
 
 use std::path::Path;
@@ -30,6 +31,20 @@ pub enum Load {
     Rate(f64),
     CapacityFraction(f64),
     Ramp { from: f64, to: f64 },
+}
+
+/// Passive health: taking a backend out of rotation for a while after failures seen on real
+/// traffic. The lab sets it alike on every proxy of a run (see `lab::configs` for how each
+/// proxy expresses it and what still differs); a scenario's `pool.outlier_detection` wins
+/// over it for `neurabalancer` and the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassiveHealth {
+    /// Every proxy gets its closest equivalent of `neurabalancer`'s default outlier detection.
+    #[default]
+    On,
+    /// No proxy ejects a backend on failures (connect failures are still retried).
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +76,9 @@ pub struct Scenario {
     /// Extra keys for the proxy's pool (health_check, outlier_detection, …), as YAML.
     #[serde(default)]
     pub pool: Option<serde_yaml::Value>,
+    /// Passive health on every proxy of the run (and in the model).
+    #[serde(default)]
+    pub passive_health: PassiveHealth,
     /// Seed of every random draw (arrivals, service times, errors).
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -216,5 +234,28 @@ mod tests {
             "name: t\nduration_s: 10\nload: { rate: 5 }\nfleet: [ { id: a }, { id: a } ]\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn passive_health_is_on_unless_the_file_says_off() {
+        let base = "name: t\nduration_s: 10\nload: { rate: 5 }\nfleet: [ { id: a } ]\n";
+        let parse = |extra: &str| Scenario::parse("t", &format!("{base}{extra}"));
+        assert_eq!(parse("").expect("valid").passive_health, PassiveHealth::On);
+        assert_eq!(
+            parse("passive_health: on\n").expect("valid").passive_health,
+            PassiveHealth::On
+        );
+        assert_eq!(
+            parse("passive_health: off\n").expect("valid").passive_health,
+            PassiveHealth::Off
+        );
+        assert!(parse("passive_health: maybe\n").is_err());
+        // Written out (results.json carries the scenario) and read back, it stays the same.
+        let off = parse("passive_health: off\n").expect("valid");
+        let text = serde_yaml::to_string(&off).expect("serialises");
+        assert_eq!(
+            Scenario::parse("t", &text).expect("valid").passive_health,
+            PassiveHealth::Off
+        );
     }
 }

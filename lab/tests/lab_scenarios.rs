@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use backend_sim::model::{ClassService, Dist, Errors, Phase, Profile, Warmup};
 use nb_lab::lab;
-use nb_lab::scenario::{Class, Load, Scenario};
+use nb_lab::scenario::{Class, Load, PassiveHealth, Scenario};
 use serde_yaml::Value;
 
 fn dir() -> PathBuf {
@@ -45,6 +45,13 @@ fn all_six_scenarios_parse_validate_and_fit_the_machine() {
             peak >= 500.0,
             "{stem}: {peak} req/s is too light to tell strategies apart"
         );
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("passive_health: ") && l.contains('#')),
+            "{stem}: no explicit passive_health with its reason"
+        );
+        assert_eq!(s.passive_health, PassiveHealth::On, "{stem}");
     }
 }
 
@@ -172,6 +179,7 @@ fn full_scenario() -> Scenario {
         }],
         fleet: vec![p],
         pool: Some(serde_yaml::from_str("{ health_check: { path: /health } }").expect("yaml")),
+        passive_health: PassiveHealth::Off,
         seed: 1,
     }
 }

@@ -19,7 +19,7 @@ use clap::Parser;
 use hyper::Uri;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nb_lab::bench::{self, BenchError, LoadSpec};
-use nb_lab::lab::{self, LabOptions, Machine, Results, ScenarioResult, Target};
+use nb_lab::lab::{self, procs, LabOptions, Machine, Results, ScenarioResult, Target};
 use nb_lab::scenario::Scenario;
 
 /// Open-loop HTTP load generator and benchmark lab for NeuraBalancer.
@@ -62,6 +62,10 @@ struct Args {
     /// The backend-sim executable [default: next to nb-bench].
     #[arg(long, conflicts_with = "url")]
     sim_bin: Option<PathBuf>,
+    /// Leave CPU placement to the OS. By default, with two CPUs or more, the proxy runs on
+    /// one and nb-bench and the fleet on another, alike for every proxy.
+    #[arg(long, conflicts_with_all = ["url", "simulate"])]
+    no_pin: bool,
     /// Measured duration, in seconds [default: 10 with --url; the scenario's otherwise].
     #[arg(long)]
     duration: Option<f64>,
@@ -100,6 +104,10 @@ impl Fail {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Every process of a run gets the same descriptor limit: this one's, inherited.
+    if let Err(e) = procs::raise_nofile_limit() {
+        eprintln!("note: cannot raise the file descriptor limit: {e}");
+    }
     let result = match &args.url {
         Some(url) => url_mode(&args, url.clone()).await,
         None => scenario_mode(&args).await,
@@ -160,6 +168,9 @@ async fn scenario_mode(args: &Args) -> Result<(), Fail> {
         }
     }
     std::fs::create_dir_all(&args.out).map_err(|e| Fail::run(format!("cannot create {}: {e}", args.out.display())))?;
+    if !args.simulate {
+        procs::pin_lab(!args.no_pin);
+    }
     let mut results = Results {
         tool: "nb-bench".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -252,6 +263,17 @@ fn notes(simulate: bool) -> Vec<String> {
              haproxy nbthread 1): the load generator and the fleet share this machine"
                 .into(),
         );
+        notes.push(procs::pinning_description());
+        notes.push(format!(
+            "request recording is off in every run: {} and every NEURABALANCER_* variable are removed from every \
+             child's environment, so no proxy writes a record of its requests on the shared cores",
+            procs::SCRUBBED_ENV.join(", ")
+        ));
+        notes.push(format!(
+            "every process of a run has {} file descriptors (nginx worker_rlimit_nofile and haproxy ulimit-n \
+             alike)",
+            procs::nofile_limit()
+        ));
     }
     notes
 }

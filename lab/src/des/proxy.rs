@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use crate::scenario::Scenario;
+use crate::scenario::{PassiveHealth, Scenario};
 
 /// The proxy's pool settings the model uses, read from a scenario's `pool` section. Keys the
 /// model does not use (`path`, `timeouts`, …) are ignored; absent keys take the proxy's
@@ -57,6 +57,22 @@ pub struct OutlierDetection {
 }
 
 impl OutlierDetection {
+    /// Every rule off: what `passive_health: off` gives the proxy (a threshold of 0 turns
+    /// its rule off).
+    pub fn off() -> Self {
+        OutlierDetection {
+            consecutive_gateway_failures: 0,
+            consecutive_5xx: 0,
+            consecutive_connect_failures: 0,
+            ..OutlierDetection::default()
+        }
+    }
+
+    /// Whether any rule can eject a backend.
+    pub fn is_on(&self) -> bool {
+        self.consecutive_gateway_failures != 0 || self.consecutive_5xx != 0 || self.consecutive_connect_failures != 0
+    }
+
     /// How many of `n` backends may be ejected at once (`OutlierConfig::max_ejected`).
     pub fn max_ejected(&self, n: usize) -> usize {
         let share = n * self.max_ejection_percent as usize / 100;
@@ -103,12 +119,24 @@ impl Default for OutlierDetection {
 }
 
 impl ProxySettings {
-    /// The settings of `scenario.pool` (the proxy's defaults when it has none).
+    /// The settings of `scenario.pool` (the proxy's defaults when it has none), with
+    /// outlier detection off when the scenario says `passive_health: off` and its pool sets
+    /// no `outlier_detection` of its own (an explicit one wins, as it does for the proxy).
     pub fn from_scenario(scenario: &Scenario) -> Result<Self, String> {
-        match &scenario.pool {
-            None => Ok(ProxySettings::default()),
-            Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| format!("scenario {}: pool: {e}", scenario.name)),
+        let mut settings: ProxySettings = match &scenario.pool {
+            None => ProxySettings::default(),
+            Some(v) => {
+                serde_yaml::from_value(v.clone()).map_err(|e| format!("scenario {}: pool: {e}", scenario.name))?
+            }
+        };
+        let explicit = scenario
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.get("outlier_detection").is_some());
+        if scenario.passive_health == PassiveHealth::Off && !explicit {
+            settings.outlier_detection = OutlierDetection::off();
         }
+        Ok(settings)
     }
 
     pub(super) fn check_interval_ns(hc: &HealthCheck) -> u64 {
@@ -352,5 +380,31 @@ mod tests {
         );
         assert_eq!((p.max_retries, p.ewma_decay_ms), (1, 10_000));
         assert_eq!(p.outlier_detection, OutlierDetection::default());
+    }
+
+    #[test]
+    fn passive_health_off_turns_every_rule_off_unless_the_pool_sets_its_own() {
+        let parse = |tail: &str| {
+            let s = Scenario::parse(
+                "t",
+                &format!("name: t\nduration_s: 1\nload: {{ rate: 1 }}\nfleet: [ {{ id: a }} ]\n{tail}"),
+            )
+            .expect("valid");
+            ProxySettings::from_scenario(&s).expect("settings")
+        };
+        assert!(parse("").outlier_detection.is_on());
+        assert!(parse("passive_health: on\n").outlier_detection.is_on());
+        let off = parse("passive_health: off\n").outlier_detection;
+        assert_eq!(off, OutlierDetection::off());
+        assert!(!off.is_on());
+        let mut p = Passive::new(false);
+        for _ in 0..50 {
+            assert!(!p.record_failure(Failure::Connect, &off, 0));
+            assert!(!p.record_failure(Failure::Gateway5xx, &off, 0));
+        }
+        // An explicit outlier_detection wins over the key.
+        let own = parse("passive_health: off\npool: { outlier_detection: { consecutive_gateway_failures: 3 } }\n");
+        assert_eq!(own.outlier_detection.consecutive_gateway_failures, 3);
+        assert_eq!(own.outlier_detection.consecutive_connect_failures, 1);
     }
 }

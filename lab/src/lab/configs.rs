@@ -1,9 +1,23 @@
 //! The files a lab run generates: the fleet for `backend-sim`, `neurabalancer`'s two files,
 //! and the nginx and HAProxy equivalents.
 //!
-//! Every proxy gets one worker thread (`threads: 1`, `worker_processes 1`, `nbthread 1`):
-//! the load generator and the fleet share the same small machine, and giving each proxy the
-//! same single core compares like with like.
+//! The proxies are set up to compare like with like, so that a difference in the results is
+//! the balancing method's and not a default's:
+//!
+//! | | `neurabalancer` | nginx | HAProxy |
+//! |---|---|---|---|
+//! | workers | `threads: 1` | `worker_processes 1` | `nbthread 1` |
+//! | passive health ([`passive_health_notes`]) | `outlier_detection` | `max_fails`, `fail_timeout`, `proxy_next_upstream` | `observe layer7`, `error-limit`, `on-error mark-down` |
+//! | retries after a connect failure | `max_retries` (2) | `proxy_next_upstream_tries` 3 | `retries 2`, `option redispatch` |
+//! | idle upstream connections | `upstream_keepalive_pool_size` 1024 | `keepalive 1024` | `http-reuse always`, `pool-max-conn 1024` |
+//! | requests per connection | no limit | `keepalive_requests` above any run's total | no limit |
+//! | a client that leaves | the request stops | the request stops | `option abortonclose` |
+//! | descriptors | inherited from `nb-bench` | `worker_rlimit_nofile`, the same number | `ulimit-n`, the same number |
+//! | active check timeout | `health_check.timeout_ms` | (no active checks) | `timeout check`, the same |
+//!
+//! One worker thread each: the load generator and the fleet share the same small machine,
+//! and giving each proxy the same single core compares like with like (with pinning on, the
+//! same CPU too: [`super::procs::pin_lab`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -14,11 +28,40 @@ use serde_yaml::{Mapping, Value};
 
 use backend_sim::model::Profile;
 
+use super::procs;
+use crate::des::{OutlierDetection, ProxySettings};
+use crate::scenario::{PassiveHealth, Scenario};
+
 /// Name of the single pool (and HAProxy backend / nginx upstream) of every lab run.
 pub const POOL: &str = "bench";
 
 /// Keys of the proxy's pool that a scenario's `pool` may not set: the lab owns them.
 pub const RESERVED_POOL_KEYS: [&str; 2] = ["strategy", "servers"];
+
+/// Idle upstream connections every proxy may keep: `neurabalancer`'s
+/// `server.upstream_keepalive_pool_size` and nginx's `keepalive` (both for the whole pool,
+/// nginx's per worker, of which there is one), HAProxy's `pool-max-conn` (per server). A run
+/// has at most a few hundred requests in flight, so no proxy has to close an idle
+/// connection it could reuse.
+pub const UPSTREAM_IDLE_CONNECTIONS: u32 = 1024;
+
+/// nginx's `keepalive_requests`, on the client side and towards the upstreams: more than
+/// any run sends in all (1500 req/s for 65 s is about 100 000), so nginx never closes a
+/// connection for its request count; `neurabalancer` (Pingora) and HAProxy have no such
+/// limit.
+pub const NGINX_KEEPALIVE_REQUESTS: u64 = 1_000_000;
+
+/// Descriptors kept aside from the connection limits for listeners, logs and checks.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// With passive health on and no active check in the scenario, HAProxy still needs `check`
+/// (`observe` requires it, and only a passing check brings a marked-down server back):
+/// plain TCP connects, this rarely while a server is up (`neurabalancer` checks nothing
+/// then).
+const HAPROXY_PASSIVE_ONLY_INTER_S: u64 = 30;
+
+/// `neurabalancer`'s default active check timeout (`DEFAULT_HC_TIMEOUT_MS`).
+const DEFAULT_HC_TIMEOUT_MS: u64 = 500;
 
 #[derive(Serialize)]
 struct FleetFile<'a> {
@@ -41,20 +84,39 @@ pub fn neurabalancer_main(listen: SocketAddr, admin: SocketAddr, dir: &Path) -> 
          admin: {{ listen: {admin} }}\n\
          threads: 1\n\
          telemetry: {{ log_format: text }}\n\
-         server: {{ grace_period_s: 1, upgrade_sock: {:?} }}\n",
+         # upstream_keepalive_pool_size: idle upstream connections kept, the same number as\n\
+         # nginx's keepalive and HAProxy's pool-max-conn.\n\
+         server: {{ grace_period_s: 1, upstream_keepalive_pool_size: {UPSTREAM_IDLE_CONNECTIONS}, upgrade_sock: {:?} }}\n",
         dir.join("upgrade.sock").display().to_string()
     )
 }
 
 /// `neurabalancer`'s upstreams file: one pool with `strategy`, the scenario's extra pool
-/// keys and one server per backend, routed from `/`.
-pub fn neurabalancer_upstreams(strategy: &str, extra: Option<&Value>, servers: &[(String, SocketAddr)]) -> String {
+/// keys and one server per backend, routed from `/`. With `passive_health: off` and no
+/// `outlier_detection` of the scenario's own, every outlier rule is set to 0 (off).
+pub fn neurabalancer_upstreams(strategy: &str, scenario: &Scenario, servers: &[(String, SocketAddr)]) -> String {
     let mut pool = Mapping::new();
     pool.insert("strategy".into(), strategy.into());
-    if let Some(Value::Mapping(m)) = extra {
+    if let Some(Value::Mapping(m)) = &scenario.pool {
         for (k, v) in m {
             pool.insert(k.clone(), v.clone());
         }
+    }
+    let mut head = "# Generated by nb-bench for one lab run.\n".to_owned();
+    if scenario.passive_health == PassiveHealth::Off && !pool.contains_key("outlier_detection") {
+        let off = OutlierDetection::off();
+        let mut od = Mapping::new();
+        od.insert(
+            "consecutive_gateway_failures".into(),
+            off.consecutive_gateway_failures.into(),
+        );
+        od.insert("consecutive_5xx".into(), off.consecutive_5xx.into());
+        od.insert(
+            "consecutive_connect_failures".into(),
+            off.consecutive_connect_failures.into(),
+        );
+        pool.insert("outlier_detection".into(), Value::Mapping(od));
+        head += "# passive_health: off: every outlier_detection threshold is 0 (its rule off).\n";
     }
     let servers: Vec<Value> = servers
         .iter()
@@ -75,8 +137,7 @@ pub fn neurabalancer_upstreams(strategy: &str, extra: Option<&Value>, servers: &
     let mut root = Mapping::new();
     root.insert("pools".into(), Value::Mapping(pools));
     root.insert("routes".into(), Value::Sequence(vec![Value::Mapping(route)]));
-    "# Generated by nb-bench for one lab run.\n".to_owned()
-        + &serde_yaml::to_string(&Value::Mapping(root)).expect("a mapping serialises")
+    head + &serde_yaml::to_string(&Value::Mapping(root)).expect("a mapping serialises")
 }
 
 /// Checks a scenario's `pool` value: a mapping that leaves the lab's own keys alone.
@@ -91,27 +152,105 @@ pub fn check_pool_extra(extra: Option<&Value>) -> Result<(), String> {
     }
 }
 
-/// The active health check of the scenario's pool, if any: (path, interval ms, rise, fall).
-fn health_check(extra: Option<&Value>) -> Option<(String, u64, u64, u64)> {
-    let hc = extra?.get("health_check")?;
+/// The active health check of the scenario's pool, with the proxy's defaults.
+struct ActiveCheck {
+    path: String,
+    interval_ms: u64,
+    timeout_ms: u64,
+    rise: u64,
+    fall: u64,
+}
+
+fn health_check(scenario: &Scenario) -> Option<ActiveCheck> {
+    let hc = scenario.pool.as_ref()?.get("health_check")?;
     let num = |k: &str, d: u64| hc.get(k).and_then(Value::as_u64).unwrap_or(d);
-    let path = hc.get("path").and_then(Value::as_str).unwrap_or("/health").to_owned();
-    Some((path, num("interval_ms", 1000), num("rise", 2), num("fall", 2)))
+    Some(ActiveCheck {
+        path: hc.get("path").and_then(Value::as_str).unwrap_or("/health").to_owned(),
+        interval_ms: num("interval_ms", 1000),
+        timeout_ms: num("timeout_ms", DEFAULT_HC_TIMEOUT_MS),
+        rise: num("rise", 2),
+        fall: num("fall", 2),
+    })
+}
+
+/// The proxy settings the scenario gives `neurabalancer` and the model (the proxy's
+/// defaults if its `pool` cannot be read; the proxy itself then rejects the file).
+fn settings(scenario: &Scenario) -> ProxySettings {
+    ProxySettings::from_scenario(scenario).unwrap_or_default()
+}
+
+/// Passive health as a peer can express it: taken out after `failures` failures, for about
+/// `ejection_ms`.
+#[derive(Debug, Clone, Copy)]
+struct PeerPassive {
+    failures: u32,
+    ejection_ms: u64,
+}
+
+impl PeerPassive {
+    /// nginx's `fail_timeout` counts whole seconds.
+    fn ejection_s(&self) -> u64 {
+        self.ejection_ms.div_ceil(1000).max(1)
+    }
+}
+
+/// What the peers get for the outlier detection `neurabalancer` runs with in this scenario:
+/// its gateway-failure threshold (or, with that rule off, the first rule that is on) and
+/// its first ejection; `None` when every rule is off.
+fn peer_passive(scenario: &Scenario) -> Option<PeerPassive> {
+    let o = settings(scenario).outlier_detection;
+    let failures = [
+        o.consecutive_gateway_failures,
+        o.consecutive_5xx,
+        o.consecutive_connect_failures,
+    ]
+    .into_iter()
+    .find(|n| *n != 0)?;
+    Some(PeerPassive {
+        failures,
+        ejection_ms: o.base_ejection_ms,
+    })
 }
 
 /// nginx's configuration (`nginx -p dir -e dir/error.log -c dir/nginx.conf`). `method` is
 /// `least_conn` or `random_two` (`random two least_conn`). nginx has no active health
-/// checks in its free version; its passive ones (`max_fails=1 fail_timeout=10s`) stay at
-/// their defaults.
-pub fn nginx_conf(method: &str, listen: SocketAddr, servers: &[(String, SocketAddr)], dir: &Path) -> String {
+/// checks in its free version; its passive ones follow the scenario's `passive_health`
+/// ([`passive_health_notes`]).
+pub fn nginx_conf(
+    method: &str,
+    listen: SocketAddr,
+    servers: &[(String, SocketAddr)],
+    dir: &Path,
+    scenario: &Scenario,
+) -> String {
     let d = dir.display();
     let balance = match method {
         "random_two" => "random two least_conn;",
         _ => "least_conn;",
     };
+    let nofile = procs::nofile_limit();
+    let connections = nofile.saturating_sub(SPARE_DESCRIPTORS).max(SPARE_DESCRIPTORS);
+    let tries = settings(scenario).max_retries + 1;
+    let (passive_comment, server_params, next_upstream) = match peer_passive(scenario) {
+        Some(p) => (
+            format!(
+                "        # Passive health (passive_health: on): {} failures, each within fail_timeout of the\n        \
+                 # last, take a server out for fail_timeout ({} s, neurabalancer's first ejection).\n",
+                p.failures,
+                p.ejection_s()
+            ),
+            format!(" max_fails={} fail_timeout={}s", p.failures, p.ejection_s()),
+            "error timeout http_502 http_503 http_504",
+        ),
+        None => (
+            "        # Passive health off (passive_health: off): failures never take a server out.\n".to_owned(),
+            " max_fails=0".to_owned(),
+            "error timeout",
+        ),
+    };
     let mut upstream = String::new();
     for (id, addr) in servers {
-        let _ = writeln!(upstream, "        server {addr};  # {id}");
+        let _ = writeln!(upstream, "        server {addr}{server_params};  # {id}");
     }
     format!(
         "# Generated by nb-bench for one lab run.
@@ -119,8 +258,10 @@ worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; }}
+# The descriptor limit of every process of the run (nb-bench's own, which its children
+# inherit); connections count both sides of a request, and some descriptors stay spare.
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -130,17 +271,25 @@ http {{
     scgi_temp_path {d}/scgi;
     upstream {POOL} {{
         {balance}
-{upstream}        keepalive 512;
+{passive_comment}{upstream}        # Idle upstream connections: the same number for every proxy.
+        keepalive {UPSTREAM_IDLE_CONNECTIONS};
+        # Never closed for their request count mid-run (neurabalancer and HAProxy have no such limit).
+        keepalive_requests {NGINX_KEEPALIVE_REQUESTS};
     }}
     server {{
         listen {listen} backlog=4096;
-        keepalive_requests 1000000;
+        keepalive_requests {NGINX_KEEPALIVE_REQUESTS};
         location / {{
             proxy_pass http://{POOL};
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_connect_timeout 1s;
             proxy_buffering off;
+            # What counts as a failure for max_fails; nginx counts one only on an attempt it
+            # passes to the next server, so these are also what it retries.
+            proxy_next_upstream {next_upstream};
+            # One attempt and max_retries more, like neurabalancer.
+            proxy_next_upstream_tries {tries};
         }}
     }}
 }}
@@ -150,21 +299,78 @@ http {{
 
 /// HAProxy's configuration (`haproxy -db -f file`). `method` is `leastconn` or
 /// `roundrobin`. The scenario pool's `health_check`, if any, becomes `option httpchk`
-/// with the same path, interval, rise and fall; connect failures are retried twice on
-/// another server, like `neurabalancer`'s default `max_retries: 2`.
-pub fn haproxy_cfg(
-    method: &str,
-    listen: SocketAddr,
-    servers: &[(String, SocketAddr)],
-    extra: Option<&Value>,
-) -> String {
-    let mut backend = format!("backend {POOL}\n    balance {method}\n    http-reuse always\n");
-    let mut check = "";
-    if let Some((path, interval, rise, fall)) = health_check(extra) {
-        let _ = writeln!(backend, "    option httpchk GET {path}");
-        let _ = writeln!(backend, "    default-server inter {interval}ms rise {rise} fall {fall}");
-        check = " check";
+/// with the same path, interval, timeout, rise and fall; passive health follows the
+/// scenario's `passive_health` ([`passive_health_notes`]); connect failures are retried
+/// `max_retries` times on another server, like `neurabalancer`.
+pub fn haproxy_cfg(method: &str, listen: SocketAddr, servers: &[(String, SocketAddr)], scenario: &Scenario) -> String {
+    let nofile = procs::nofile_limit();
+    let maxconn = (nofile.saturating_sub(SPARE_DESCRIPTORS) / 2).max(SPARE_DESCRIPTORS);
+    let retries = settings(scenario).max_retries;
+    let mut backend = format!(
+        "backend {POOL}
+    balance {method}
+    # Idle server connections are shared by every request, at most {UPSTREAM_IDLE_CONNECTIONS} per server
+    # (neurabalancer's and nginx's pools hold {UPSTREAM_IDLE_CONNECTIONS} in all: none fills up in a run).
+    http-reuse always
+"
+    );
+    let mut default_server = format!("pool-max-conn {UPSTREAM_IDLE_CONNECTIONS}");
+    let active = health_check(scenario);
+    if let Some(hc) = &active {
+        let _ = writeln!(backend, "    option httpchk GET {}", hc.path);
+        let _ = writeln!(backend, "    # neurabalancer's health_check.timeout_ms.");
+        let _ = writeln!(backend, "    timeout check {}ms", hc.timeout_ms);
+        let _ = write!(
+            default_server,
+            " inter {}ms rise {} fall {}",
+            hc.interval_ms, hc.rise, hc.fall
+        );
     }
+    let passive = peer_passive(scenario);
+    match (&passive, &active) {
+        (Some(p), Some(_)) => {
+            let _ = writeln!(
+                backend,
+                "    # Passive health (passive_health: on): {} errors in a row mark a server down until\n    \
+                 # the active check passes again.",
+                p.failures
+            );
+        }
+        (Some(p), None) => {
+            let _ = writeln!(
+                backend,
+                "    # Passive health (passive_health: on): {} errors in a row mark a server down. observe\n    \
+                 # needs check, and only a passing check brings the server back: a TCP connect {} ms\n    \
+                 # after it went down (neurabalancer's first ejection), then every {} ms while it is\n    \
+                 # down, and every {HAPROXY_PASSIVE_ONLY_INTER_S} s while it is up.",
+                p.failures, p.ejection_ms, p.ejection_ms
+            );
+            let _ = write!(
+                default_server,
+                " inter {HAPROXY_PASSIVE_ONLY_INTER_S}s fastinter {}ms downinter {}ms rise 1 fall 1",
+                p.ejection_ms, p.ejection_ms
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(
+                backend,
+                "    # Passive health off (passive_health: off): no observe, errors never mark a server down."
+            );
+        }
+    }
+    if let Some(p) = &passive {
+        let _ = write!(
+            default_server,
+            " observe layer7 error-limit {} on-error mark-down",
+            p.failures
+        );
+    }
+    let _ = writeln!(backend, "    default-server {default_server}");
+    let check = if active.is_some() || passive.is_some() {
+        " check"
+    } else {
+        ""
+    };
     for (id, addr) in servers {
         let _ = writeln!(backend, "    server {id} {addr}{check}");
     }
@@ -172,7 +378,10 @@ pub fn haproxy_cfg(
         "# Generated by nb-bench for one lab run.
 global
     nbthread 1
-    maxconn 4096
+    # The descriptor limit of every process of the run (nb-bench's own, which its children
+    # inherit); a connection takes two (client and server side), and some stay spare.
+    ulimit-n {nofile}
+    maxconn {maxconn}
 
 defaults
     mode http
@@ -181,8 +390,11 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
     option http-keep-alive
-    retries 2
+    retries {retries}
     option redispatch 1
+    # Drop a request whose client has gone while it still waits for a server connection;
+    # without it HAProxy serves it anyway, where nginx and neurabalancer stop.
+    option abortonclose
 
 frontend fe
     bind {listen}
@@ -190,6 +402,90 @@ frontend fe
 
 {backend}"
     )
+}
+
+/// How each proxy's passive health was set for `scenario` and what still differs from
+/// `neurabalancer`'s, one line per proxy (`neurabalancer`, the model, nginx, HAProxy), for
+/// the report.
+pub fn passive_health_notes(scenario: &Scenario) -> Vec<String> {
+    let o = settings(scenario).outlier_detection;
+    let explicit = scenario
+        .pool
+        .as_ref()
+        .is_some_and(|p| p.get("outlier_detection").is_some());
+    let source = match (explicit, scenario.passive_health) {
+        (true, _) => "the scenario's pool.outlier_detection (it wins over passive_health)",
+        (false, PassiveHealth::On) => "passive_health: on, the proxy's defaults",
+        (false, PassiveHealth::Off) => "passive_health: off",
+    };
+    let ours = if o.is_on() {
+        format!(
+            "{} consecutive gateway failures (502/503/504, resets, timeouts), {} consecutive 5xx, {} consecutive \
+             connect failures eject a backend (0 = rule off) for {} ms, doubling per ejection up to {} ms; at most \
+             {}% of the pool ejected at once (one backend always may be, never the last)",
+            o.consecutive_gateway_failures,
+            o.consecutive_5xx,
+            o.consecutive_connect_failures,
+            o.base_ejection_ms,
+            o.max_ejection_ms,
+            o.max_ejection_percent
+        )
+    } else {
+        "outlier detection off (every threshold 0): no backend is ejected; connect failures are still retried".into()
+    };
+    let mut notes = vec![
+        format!("passive health, neurabalancer ({source}): {ours}"),
+        format!("passive health, discrete-event model: the same as neurabalancer ({source})"),
+    ];
+    match peer_passive(scenario) {
+        Some(p) => {
+            let n = p.failures;
+            let s = p.ejection_s();
+            let s_max = s + 1;
+            let ms = p.ejection_ms;
+            notes.push(format!(
+                "passive health, nginx: max_fails={n} fail_timeout={s}s, proxy_next_upstream error timeout http_502 \
+                 http_503 http_504. Differs: nginx counts a failure only on an attempt it passes to the next server, \
+                 so it also retries 502/503/504 (within proxy_next_upstream_tries) where neurabalancer and HAProxy \
+                 answer them; {n} failures each within {s} s of the last count, successes in between do not reset \
+                 the count; a connect failure is one of the {n}, not an ejection by itself; a server is out for {s} s \
+                 on a one-second clock (so {s} to {s_max} s), the same every time (no doubling); no cap on the \
+                 share of servers out (when all are, nginx answers 502 and forgets the failures)"
+            ));
+            let back = match health_check(scenario) {
+                Some(hc) => format!(
+                    "a marked-down server returns when the scenario's active check passes {} time(s) (every {} ms), \
+                     not after a {ms} ms ejection",
+                    hc.rise, hc.interval_ms
+                ),
+                None => format!(
+                    "observe needs check, so HAProxy also runs TCP connect checks (every \
+                     {HAPROXY_PASSIVE_ONLY_INTER_S} s while a server is up, fall 1: one refused connect marks it down, \
+                     like neurabalancer's one connect failure); a marked-down server returns on the first passing \
+                     check, at most {ms} ms later, then every {ms} ms (no doubling)"
+                ),
+            };
+            notes.push(format!(
+                "passive health, HAProxy: observe layer7 error-limit {n} on-error mark-down. Differs: every error \
+                 counts in the same run of {n}: connect failures (ours eject on one), timeouts, and any 5xx but 501 \
+                 and 505, so a 500 counts too (ours ignores 500s by default); {back}; no cap on the share of servers \
+                 down"
+            ));
+        }
+        None => {
+            notes.push(
+                "passive health, nginx: max_fails=0 (off), proxy_next_upstream error timeout: connect failures and \
+                 resets before the response are retried, nothing takes a server out"
+                    .into(),
+            );
+            notes.push(
+                "passive health, HAProxy: no observe (off): connect failures are retried (retries, redispatch), \
+                 nothing takes a server out but the scenario's active check, if any"
+                    .into(),
+            );
+        }
+    }
+    notes
 }
 
 #[cfg(test)]
@@ -204,17 +500,31 @@ mod tests {
         ]
     }
 
+    /// A two-backend scenario with `tail` appended (top-level keys).
+    fn scenario(tail: &str) -> Scenario {
+        Scenario::parse(
+            "t",
+            &format!("name: t\nduration_s: 1\nload: {{ rate: 1 }}\nfleet: [ {{ id: a, count: 2 }} ]\n{tail}"),
+        )
+        .expect("valid scenario")
+    }
+
+    fn listen() -> SocketAddr {
+        "127.0.0.1:8000".parse().expect("addr")
+    }
+
     #[test]
     fn upstreams_merge_the_scenario_pool() {
-        let extra: Value = serde_yaml::from_str("{ health_check: { path: /health, interval_ms: 500 } }").expect("yaml");
-        let text = neurabalancer_upstreams("p2c_ewma", Some(&extra), &servers());
+        let s = scenario("pool: { health_check: { path: /health, interval_ms: 500 } }\n");
+        let text = neurabalancer_upstreams("p2c_ewma", &s, &servers());
         let v: Value = serde_yaml::from_str(&text).expect("valid yaml");
         let pool = &v["pools"][POOL];
         assert_eq!(pool["strategy"], "p2c_ewma");
         assert_eq!(pool["health_check"]["interval_ms"], 500);
         assert_eq!(pool["servers"][1]["address"], "127.0.0.1:9002");
         assert_eq!(v["routes"][0]["pool"], POOL);
-        assert!(check_pool_extra(Some(&extra)).is_ok());
+        assert!(pool.get("outlier_detection").is_none(), "on: the proxy's defaults");
+        assert!(check_pool_extra(s.pool.as_ref()).is_ok());
         let bad: Value = serde_yaml::from_str("{ strategy: random }").expect("yaml");
         assert!(check_pool_extra(Some(&bad)).is_err());
     }
@@ -227,13 +537,136 @@ mod tests {
         assert_eq!(fleet["backends"][0]["listen"], "127.0.0.1:9001");
         assert_eq!(fleet["backends"][0]["service"]["dist"], "constant");
 
-        let listen = "127.0.0.1:8000".parse().expect("addr");
-        let nginx = nginx_conf("random_two", listen, &servers(), Path::new("/tmp/x"));
-        assert!(nginx.contains("random two least_conn;") && nginx.contains("server 127.0.0.1:9002;"));
+        let s = scenario("pool: { health_check: { path: /health, interval_ms: 500, timeout_ms: 250 } }\n");
+        let nginx = nginx_conf("random_two", listen(), &servers(), Path::new("/tmp/x"), &s);
+        assert!(nginx.contains("random two least_conn;") && nginx.contains("server 127.0.0.1:9002 "));
         assert!(nginx.contains("worker_processes 1;"));
-        let extra: Value = serde_yaml::from_str("{ health_check: { path: /health, interval_ms: 500 } }").expect("yaml");
-        let ha = haproxy_cfg("leastconn", listen, &servers(), Some(&extra));
+        let ha = haproxy_cfg("leastconn", listen(), &servers(), &s);
         assert!(ha.contains("balance leastconn") && ha.contains("nbthread 1"));
         assert!(ha.contains("option httpchk GET /health") && ha.contains("server a-2 127.0.0.1:9002 check"));
+        assert!(ha.contains("inter 500ms rise 2 fall 2"));
+        assert!(ha.contains("timeout check 250ms"), "our health check timeout:\n{ha}");
+    }
+
+    #[test]
+    fn passive_health_on_gives_each_proxy_its_equivalent() {
+        for s in [scenario(""), scenario("passive_health: on\n")] {
+            let ours: Value =
+                serde_yaml::from_str(&neurabalancer_upstreams("round_robin", &s, &servers())).expect("yaml");
+            assert!(ours["pools"][POOL].get("outlier_detection").is_none());
+            let nginx = nginx_conf("least_conn", listen(), &servers(), Path::new("/tmp/x"), &s);
+            assert!(
+                nginx.contains("server 127.0.0.1:9001 max_fails=5 fail_timeout=1s;  # a-1"),
+                "{nginx}"
+            );
+            assert!(nginx.contains("proxy_next_upstream error timeout http_502 http_503 http_504;"));
+            assert!(nginx.contains("proxy_next_upstream_tries 3;"));
+            let ha = haproxy_cfg("roundrobin", listen(), &servers(), &s);
+            assert!(ha.contains("observe layer7 error-limit 5 on-error mark-down"), "{ha}");
+            // No active check in the scenario: TCP checks bring a marked-down server back.
+            assert!(
+                ha.contains("inter 30s fastinter 1000ms downinter 1000ms rise 1 fall 1"),
+                "{ha}"
+            );
+            assert!(ha.contains("server a-1 127.0.0.1:9001 check\n"));
+            assert!(!ha.contains("httpchk") && !ha.contains("timeout check"));
+        }
+        // With an active check, HAProxy's check brings the server back.
+        let s = scenario("pool: { health_check: { path: /health, interval_ms: 500, rise: 1, fall: 2 } }\n");
+        let ha = haproxy_cfg("roundrobin", listen(), &servers(), &s);
+        assert!(
+            ha.contains("inter 500ms rise 1 fall 2 observe layer7 error-limit 5 on-error mark-down"),
+            "{ha}"
+        );
+        assert!(ha.contains("timeout check 500ms"), "the proxy's default timeout:\n{ha}");
+        assert!(!ha.contains("fastinter"));
+    }
+
+    #[test]
+    fn passive_health_off_turns_it_off_everywhere() {
+        let s = scenario("passive_health: off\n");
+        let ours: Value = serde_yaml::from_str(&neurabalancer_upstreams("round_robin", &s, &servers())).expect("yaml");
+        let od = &ours["pools"][POOL]["outlier_detection"];
+        assert_eq!(od["consecutive_gateway_failures"], 0);
+        assert_eq!(od["consecutive_5xx"], 0);
+        assert_eq!(od["consecutive_connect_failures"], 0);
+        let nginx = nginx_conf("least_conn", listen(), &servers(), Path::new("/tmp/x"), &s);
+        assert!(nginx.contains("server 127.0.0.1:9001 max_fails=0;  # a-1"), "{nginx}");
+        assert!(nginx.contains("proxy_next_upstream error timeout;"));
+        assert!(!nginx.contains("http_503"));
+        let ha = haproxy_cfg("leastconn", listen(), &servers(), &s);
+        assert!(!ha.contains("observe layer7") && !ha.contains("error-limit"), "{ha}");
+        assert!(ha.contains("server a-1 127.0.0.1:9001\n"), "no check at all:\n{ha}");
+        // An active check stays when passive health is off.
+        let s = scenario("passive_health: off\npool: { health_check: { interval_ms: 500 } }\n");
+        let ha = haproxy_cfg("leastconn", listen(), &servers(), &s);
+        assert!(
+            ha.contains("server a-1 127.0.0.1:9001 check\n") && !ha.contains("observe layer7"),
+            "{ha}"
+        );
+
+        // The scenario's own outlier_detection wins over the key, for ours and the peers.
+        let own = scenario(
+            "passive_health: off\npool: { outlier_detection: { consecutive_gateway_failures: 3, base_ejection_ms: 2500 } }\n",
+        );
+        let ours: Value =
+            serde_yaml::from_str(&neurabalancer_upstreams("round_robin", &own, &servers())).expect("yaml");
+        let od = &ours["pools"][POOL]["outlier_detection"];
+        assert_eq!(od["consecutive_gateway_failures"], 3);
+        assert!(
+            od.get("consecutive_connect_failures").is_none(),
+            "left to the proxy's default"
+        );
+        let nginx = nginx_conf("least_conn", listen(), &servers(), Path::new("/tmp/x"), &own);
+        assert!(nginx.contains("max_fails=3 fail_timeout=3s"), "{nginx}");
+        let ha = haproxy_cfg("leastconn", listen(), &servers(), &own);
+        assert!(ha.contains("fastinter 2500ms") && ha.contains("error-limit 3"), "{ha}");
+    }
+
+    #[test]
+    fn keepalive_limits_and_client_aborts_are_the_same_for_every_proxy() {
+        let s = scenario("");
+        let dir = Path::new("/tmp/x");
+        let main = neurabalancer_main(listen(), "127.0.0.1:8001".parse().expect("addr"), dir);
+        let main: Value = serde_yaml::from_str(&main).expect("yaml");
+        assert_eq!(
+            main["server"]["upstream_keepalive_pool_size"],
+            UPSTREAM_IDLE_CONNECTIONS
+        );
+        let nginx = nginx_conf("least_conn", listen(), &servers(), dir, &s);
+        assert!(nginx.contains(&format!("keepalive {UPSTREAM_IDLE_CONNECTIONS};")));
+        // keepalive_requests on both sides: the upstream block and the server block.
+        let requests = format!("keepalive_requests {NGINX_KEEPALIVE_REQUESTS};");
+        assert_eq!(nginx.matches(&requests).count(), 2, "{nginx}");
+        let ha = haproxy_cfg("leastconn", listen(), &servers(), &s);
+        assert!(ha.contains(&format!("pool-max-conn {UPSTREAM_IDLE_CONNECTIONS}")));
+        assert!(ha.contains("http-reuse always") && ha.contains("option abortonclose"));
+
+        let n = procs::nofile_limit();
+        assert!(nginx.contains(&format!("worker_rlimit_nofile {n};")));
+        assert!(ha.contains(&format!("ulimit-n {n}\n")));
+        let maxconn: u64 = ha
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("maxconn "))
+            .and_then(|v| v.parse().ok())
+            .expect("maxconn");
+        assert!(2 * maxconn <= n, "two descriptors per connection fit in {n}");
+    }
+
+    #[test]
+    fn the_notes_name_every_proxy_and_what_differs() {
+        let on = passive_health_notes(&scenario(""));
+        assert_eq!(on.len(), 4);
+        for (note, who) in on
+            .iter()
+            .zip(["neurabalancer", "discrete-event model", "nginx", "HAProxy"])
+        {
+            assert!(note.contains(who), "{note}");
+        }
+        assert!(on[0].contains("5 consecutive gateway failures") && on[0].contains("10%"));
+        assert!(on[2].contains("max_fails=5 fail_timeout=1s") && on[2].contains("Differs"));
+        assert!(on[3].contains("error-limit 5") && on[3].contains("Differs"));
+        let off = passive_health_notes(&scenario("passive_health: off\n"));
+        assert!(off[0].contains("off") && off[2].contains("max_fails=0") && off[3].contains("no observe"));
     }
 }

@@ -96,6 +96,9 @@ pub struct ScenarioResult {
     /// Per strategy, medians over repetitions.
     pub aggregates: Vec<Aggregate>,
     pub skipped: Vec<Skipped>,
+    /// How each proxy's (and the model's) passive health was set, and what still differs.
+    #[serde(default)]
+    pub passive_health: Vec<String>,
     /// Chart files written for this scenario (names inside the output directory).
     pub charts: Vec<String>,
     /// Wall-clock seconds the scenario took.
