@@ -4,7 +4,8 @@
 //! requests are answered). Two ways in:
 //!
 //! * [`spawn_profile`]: a profile and the fleet's epoch — what fleet files,
-//!   `nb-bench` and the lab use.
+//!   `nb-bench` and the lab use ([`spawn_profile_seeded`] with the fleet's
+//!   seed).
 //! * [`spawn`]: the original [`BackendSpec`] API of the proxy's tests, mapped
 //!   to a profile with a constant service time and slots and a queue so large
 //!   they never fill, no ORCA header, so those tests see exactly the backend
@@ -19,6 +20,10 @@
 //! boundary (or a change of the profile) and applies it then; it reacts
 //! only to *changes* of the phase state, so a manual stop or restart holds
 //! until the next boundary that says otherwise.
+//!
+//! Every backend has a seed ([`DEFAULT_SEED`] unless given): its random draws
+//! come from it and its id only (see [`crate::model`]), so backends spawned
+//! alike answer alike, in any process.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,7 +36,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::model::Profile;
+use crate::model::{Profile, DEFAULT_SEED};
 use crate::server::{self, Running};
 use crate::sim::state::{Padding, Sim};
 use crate::sim::{Control, Stats};
@@ -49,11 +54,20 @@ pub const REQUEST_INDEX_HEADER: &str = "x-nb-request";
 /// included.
 pub const MEASURED_HEADER: &str = "x-nb-measured";
 /// Response header with the request's own service time (after slowdown):
-/// `server-timing: service;dur=12.345` (milliseconds). The generator subtracts it from the
-/// latency to get the queueing delay.
+/// `server-timing: service;dur=12.345` (milliseconds, 3 decimals; `dur=0` on fast and
+/// queue-full 503s). The generator subtracts it from the latency to get the queueing
+/// delay.
 pub const SERVER_TIMING_HEADER: &str = "server-timing";
 /// The `server-timing` metric name of the service time.
 pub const SERVICE_METRIC: &str = "service";
+/// The `server-timing` value of an answer given without service (fast and queue-full 503s).
+pub const NO_SERVICE_TIMING: &str = "service;dur=0";
+
+/// The `server-timing` value of a service time of `ms` milliseconds:
+/// `service;dur=<ms>` with 3 decimals.
+pub fn service_timing(ms: f64) -> String {
+    format!("{SERVICE_METRIC};dur={ms:.3}")
+}
 
 /// The service time in a `server-timing` value (`service;dur=<ms>`, among other metrics).
 pub fn parse_service_ms(value: &str) -> Option<f64> {
@@ -84,7 +98,14 @@ pub async fn spawn(spec: BackendSpec) -> io::Result<BackendHandle> {
     StatusCode::from_u16(spec.status)
         .map_err(|_| invalid_input(format!("backend {}: invalid status code {}", spec.id, spec.status)))?;
     let profile = spec.profile();
-    start(profile, Instant::now(), spec.status, Padding::Pad(spec.body_bytes)).await
+    start(
+        profile,
+        Instant::now(),
+        spec.seed,
+        spec.status,
+        Padding::Pad(spec.body_bytes),
+    )
+    .await
 }
 
 /// Starts a backend following `profile`, its phases timed from `epoch`, and
@@ -92,15 +113,30 @@ pub async fn spawn(spec: BackendSpec) -> io::Result<BackendHandle> {
 /// says it is down at first (it joins late). Listens on `profile.listen`,
 /// else on 127.0.0.1 on a free port.
 ///
+/// Its seed is [`DEFAULT_SEED`]; see [`spawn_profile_seeded`].
+///
 /// Fails if the profile is invalid ([`Profile::validate`]), its id is not a
 /// valid header value, or the address cannot be bound.
 pub async fn spawn_profile(profile: Profile, epoch: Instant) -> io::Result<BackendHandle> {
-    profile.validate().map_err(invalid_input)?;
-    let padding = Padding::Total(profile.response_bytes);
-    start(profile, epoch, 200, padding).await
+    spawn_profile_seeded(profile, epoch, DEFAULT_SEED).await
 }
 
-async fn start(mut profile: Profile, epoch: Instant, status: u16, padding: Padding) -> io::Result<BackendHandle> {
+/// [`spawn_profile`] with the random draws seeded `seed`: the same seed, id
+/// and profile draw the same fates and service times in any process (for
+/// requests carrying `x-nb-request`, whatever else the backend served).
+pub async fn spawn_profile_seeded(profile: Profile, epoch: Instant, seed: u64) -> io::Result<BackendHandle> {
+    profile.validate().map_err(invalid_input)?;
+    let padding = Padding::Total(profile.response_bytes);
+    start(profile, epoch, seed, 200, padding).await
+}
+
+async fn start(
+    mut profile: Profile,
+    epoch: Instant,
+    seed: u64,
+    status: u16,
+    padding: Padding,
+) -> io::Result<BackendHandle> {
     let id_header = HeaderValue::from_str(&profile.id)
         .map_err(|_| invalid_input(format!("backend id {:?} is not a valid header value", profile.id)))?;
     let listen = profile
@@ -109,7 +145,7 @@ async fn start(mut profile: Profile, epoch: Instant, status: u16, padding: Paddi
     let socket = server::reserve(listen)?;
     let addr = socket.local_addr()?;
     profile.listen = Some(addr);
-    let sim = Arc::new(Sim::new(profile, epoch, status, padding, id_header));
+    let sim = Arc::new(Sim::new(profile, epoch, seed, status, padding, id_header));
     let (down, slots, _) = sim.schedule(sim.t_s());
     sim.slots.set_limit(slots);
     let state = if down {
@@ -251,6 +287,16 @@ impl BackendHandle {
     /// The instant its phases are timed from.
     pub fn epoch(&self) -> Instant {
         self.inner.sim.epoch
+    }
+
+    /// The seed of its random draws.
+    pub fn seed(&self) -> u64 {
+        self.inner.sim.seed
+    }
+
+    /// Its state, for servers that report on it without keeping it alive.
+    pub(crate) fn sim(&self) -> Arc<Sim> {
+        Arc::clone(&self.inner.sim)
     }
 
     /// The profile as it stands, run-time changes included (as phases).

@@ -1,6 +1,7 @@
 //! The fleet file: several backends described in YAML, each a [`Profile`].
 //!
 //! ```yaml
+//! seed: 42                         # optional; default 0 (`backend-sim --seed` overrides it)
 //! backends:
 //!   - id: backend-1
 //!     listen: "127.0.0.1:8001"     # optional; default 127.0.0.1 on a free port
@@ -23,6 +24,10 @@
 //! P+N-1 (port 0: each on a free port). Phases are timed from the fleet's
 //! epoch: `backend-sim --epoch-unix-ms`, else the start of the process.
 //!
+//! `seed` seeds every backend's random draws (with its id, see
+//! [`crate::model`]): the same file and seed draw the same fates and service
+//! times in every run.
+//!
 //! Unknown keys are rejected (`deny_unknown_fields`) so that a typo such as
 //! `slot: 5` fails loudly instead of silently simulating the default.
 
@@ -34,19 +39,23 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::backend::{spawn_profile, BackendHandle};
-use crate::model::Profile;
+use crate::backend::{spawn_profile_seeded, BackendHandle};
+use crate::model::{Profile, DEFAULT_SEED};
 
 /// The file as written, before `count` is expanded.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FleetFile {
+    #[serde(default)]
+    seed: Option<u64>,
     backends: Vec<Profile>,
 }
 
 /// A parsed and validated fleet file, `count` expanded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
+    /// Seed of the backends' random draws (`seed:`, default [`DEFAULT_SEED`]).
+    pub seed: u64,
     /// The backends to start, in order.
     pub backends: Vec<BackendEntry>,
 }
@@ -99,7 +108,10 @@ impl FleetConfig {
             }
             b.profile.validate().map_err(ConfigError::Invalid)?;
         }
-        Ok(Self { backends })
+        Ok(Self {
+            seed: file.seed.unwrap_or(DEFAULT_SEED),
+            backends,
+        })
     }
 
     /// Reads, parses and validates a fleet file.
@@ -151,20 +163,26 @@ fn expand(p: Profile, out: &mut Vec<BackendEntry>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Starts every backend of `cfg`, phases timed from now.
+/// Starts every backend of `cfg` with its seed, phases timed from now.
 pub async fn spawn_fleet(cfg: &FleetConfig) -> io::Result<Vec<BackendHandle>> {
-    spawn_profiles(&cfg.profiles(), Instant::now()).await
+    spawn_profiles_seeded(&cfg.profiles(), Instant::now(), cfg.seed).await
 }
 
 /// Starts backends with phases timed from `epoch` (e.g. a scenario's
-/// `nb_lab::scenario::Scenario::profiles` with the load's start). If one
-/// fails, those already started are stopped and the error names the failing
-/// backend.
+/// `nb_lab::scenario::Scenario::profiles` with the load's start), seeded
+/// [`DEFAULT_SEED`]. If one fails, those already started are stopped and the
+/// error names the failing backend.
 pub async fn spawn_profiles(profiles: &[Profile], epoch: Instant) -> io::Result<Vec<BackendHandle>> {
+    spawn_profiles_seeded(profiles, epoch, DEFAULT_SEED).await
+}
+
+/// [`spawn_profiles`] with every backend seeded `seed` (each one's draws
+/// also depend on its id, so backends of one fleet differ).
+pub async fn spawn_profiles_seeded(profiles: &[Profile], epoch: Instant, seed: u64) -> io::Result<Vec<BackendHandle>> {
     let mut handles = Vec::with_capacity(profiles.len());
     for p in profiles {
         let where_ = p.listen.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
-        let handle = spawn_profile(p.clone(), epoch)
+        let handle = spawn_profile_seeded(p.clone(), epoch, seed)
             .await
             .map_err(|err| io::Error::new(err.kind(), format!("backend {} on {where_}: {err}", p.id)))?;
         handles.push(handle);

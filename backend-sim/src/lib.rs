@@ -15,23 +15,31 @@
 //! * [`spec`]: the simple `BackendSpec` of the proxy's tests, run as a profile.
 //! * [`backend`]: a running backend ([`spawn`], [`BackendHandle`]).
 //! * [`echo`]: a streaming echo server for tests of the proxy's body and header forwarding.
-//! * [`fleet`]: the YAML fleet file (`backends: [Profile…]`) used by the binary.
+//! * [`fleet`]: the YAML fleet file (`seed`, `backends: [Profile…]`) used by the binary.
+//! * [`fleet_stats`]: one listener answering `GET /stats` for a whole fleet, down
+//!   backends included.
+//! * [`timer`]: the precise sleep that service times use.
 //! * `server`: the accept loop, which owns every connection so that a stop really is a crash.
 //!
-//! Service is sleep-based (no busy CPU) and every connection is its own task,
-//! so one process can hold thousands of concurrent slow requests.
+//! Service is sleep-based (no busy CPU, precise to tens of microseconds) and every
+//! connection is its own task, so one process can hold thousands of concurrent slow
+//! requests. Random draws are seeded (default seed 0), never taken from the process, so
+//! a fleet started twice with the same seed answers alike.
 
 pub mod backend;
 pub mod echo;
 pub mod fleet;
+pub mod fleet_stats;
 pub mod model;
 mod server;
 pub mod sim;
 pub mod spec;
+pub mod timer;
 
-pub use backend::{spawn, spawn_profile, BackendHandle};
+pub use backend::{spawn, spawn_profile, spawn_profile_seeded, BackendHandle};
 pub use echo::{spawn_echo, EchoHandle};
-pub use fleet::{spawn_fleet, spawn_profiles, BackendEntry, ConfigError, FleetConfig};
+pub use fleet::{spawn_fleet, spawn_profiles, spawn_profiles_seeded, BackendEntry, ConfigError, FleetConfig};
+pub use fleet_stats::{spawn_fleet_stats, FleetStatsHandle};
 pub use sim::{Control, Stats};
 pub use spec::BackendSpec;
 

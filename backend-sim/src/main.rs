@@ -4,7 +4,9 @@
 //!
 //! `--epoch-unix-ms` sets the origin of the fleet's phases, so that backends
 //! started by another process (e.g. `nb-bench`) change on the load's clock;
-//! by default phases count from the start of this process.
+//! by default phases count from the start of this process. `--seed` seeds the
+//! random draws (over the fleet file's `seed:`), and `--stats-listen` serves
+//! `GET /stats` for every backend at once, down ones included.
 
 use std::error::Error;
 use std::io::IsTerminal;
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use backend_sim::sim::epoch_from_unix_ms;
-use backend_sim::{spawn, spawn_profiles, BackendHandle, BackendSpec, FleetConfig};
+use backend_sim::{spawn, spawn_fleet_stats, spawn_profiles_seeded, BackendHandle, BackendSpec, FleetConfig};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +45,13 @@ struct Args {
     /// Origin of the fleet's phases, in Unix milliseconds (default: now).
     #[arg(long)]
     epoch_unix_ms: Option<u64>,
+    /// Seed of the backends' random draws (default: the fleet file's `seed`, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Also serve `GET /stats` here: a JSON array of every backend's stats,
+    /// answered even while a backend is down.
+    #[arg(long)]
+    stats_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -67,21 +76,39 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         Some(ms) => epoch_from_unix_ms(ms).ok_or_else(|| format!("--epoch-unix-ms {ms} lies before boot"))?,
     };
     let handles = match &args.fleet {
-        Some(path) => spawn_profiles(&FleetConfig::load(path)?.profiles(), epoch).await?,
+        Some(path) => {
+            let cfg = FleetConfig::load(path)?;
+            let seed = args.seed.unwrap_or(cfg.seed);
+            spawn_profiles_seeded(&cfg.profiles(), epoch, seed).await?
+        }
         None => {
             let spec = BackendSpec::new(args.id)
                 .with_listen(args.listen)
                 .with_delay(Duration::from_millis(args.delay_ms))
                 .with_status(args.status)
-                .with_body_bytes(args.body_bytes);
+                .with_body_bytes(args.body_bytes)
+                .with_seed(args.seed.unwrap_or_default());
             vec![spawn(spec).await?]
         }
     };
     for h in &handles {
         log_start(h).await;
     }
+    let stats = match args.stats_listen {
+        Some(listen) => {
+            let stats = spawn_fleet_stats(listen, &handles)
+                .await
+                .map_err(|err| format!("stats listener on {listen}: {err}"))?;
+            tracing::info!(addr = %stats.addr(), backends = handles.len(), "fleet stats listening (GET /stats)");
+            Some(stats)
+        }
+        None => None,
+    };
     backend_sim::shutdown_signal().await?;
     tracing::info!("shutting down");
+    if let Some(stats) = stats {
+        stats.stop().await;
+    }
     for h in &handles {
         h.stop().await;
     }
@@ -106,6 +133,7 @@ async fn log_start(h: &BackendHandle) {
         phases = p.phases.len(),
         joins_at_s = p.joined_at_s(),
         orca = p.orca,
+        seed = h.seed(),
         "{state}"
     );
 }

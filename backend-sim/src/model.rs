@@ -7,6 +7,13 @@
 //! for `capacity_fraction` loads). Because all three read the same profile through
 //! [`Profile::effective`] and [`Dist::sample`], the model cannot drift from the lab.
 //!
+//! Randomness is seeded, never taken from the process: a backend seeded `seed` draws a
+//! request's fate and service time ([`Profile::draw`]) from [`request_stream`] when the
+//! request carries its index in the load (header `x-nb-request`), else from its own
+//! [`backend_stream`]. Both are keyed by the backend's id through [`id_hash`], so two
+//! processes started with the same seed draw alike; the default seed is
+//! [`DEFAULT_SEED`].
+//!
 //! Times are in milliseconds in files and `f64` milliseconds here; `t_s` is seconds since
 //! the fleet's epoch: the start of the load (warm-up included) when `nb-bench` runs it, else
 //! the start of the `backend-sim` process.
@@ -17,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_SLOTS: u32 = 64;
 pub const DEFAULT_QUEUE: u32 = 1024;
+/// The seed of a backend nobody seeded (tests, fleet files without `seed:`).
+pub const DEFAULT_SEED: u64 = 0;
 
 /// A service-time distribution (milliseconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,15 +238,37 @@ pub struct Draw {
 /// The random stream of request number `request` (its index in the load's schedule) at
 /// backend `backend` in a run seeded `seed`.
 ///
-/// The lab's backends and the discrete-event model both draw a request's fate and service
-/// time from this stream, so within one repetition every strategy (and the model) faces the
-/// same draws: request 1234 sent to `b-3` gets the same service time whoever sent it there.
+/// The lab's backends and the discrete-event model both draw a request's fate from this
+/// stream and its service time from [`size_stream`], so within one repetition every
+/// strategy (and the model) faces the same draws: request 1234 sent to `b-3` gets the same
+/// fate and service time whoever sent it there.
+/// A simulated backend uses it for every request that carries its index in the
+/// `x-nb-request` header (`backend::REQUEST_INDEX_HEADER`), whatever else it served before.
 pub fn request_stream(seed: u64, backend: &str, request: u64) -> SmallRng {
-    // FNV-1a of the id: stable across processes and builds (unlike `RandomState`).
-    let id = backend.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    SmallRng::seed_from_u64(mix64(mix64(seed ^ id_hash(backend).rotate_left(17)) ^ request))
+}
+
+/// The stream of request number `request`'s size in a run seeded `seed`: the service time
+/// is drawn from it, the same uniforms at every backend, so a request that is large (a
+/// high quantile of its class's distribution) is large wherever it goes, scaled by each
+/// backend's own distribution. What a backend adds of its own (its fate) comes from
+/// [`request_stream`].
+pub fn size_stream(seed: u64, request: u64) -> SmallRng {
+    SmallRng::seed_from_u64(mix64(mix64(seed ^ 0x51ce_5eed_0000_0001) ^ request))
+}
+
+/// The stream a backend seeded `seed` draws from for requests that carry no index: its
+/// own sequence, so the n-th such request of a fresh backend draws the same in every run,
+/// but what it draws depends on the requests before it.
+pub fn backend_stream(seed: u64, backend: &str) -> SmallRng {
+    SmallRng::seed_from_u64(mix64(seed ^ id_hash(backend)))
+}
+
+/// FNV-1a of a backend id: stable across processes and builds (unlike `RandomState`).
+pub fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    SmallRng::seed_from_u64(mix64(mix64(seed ^ id.rotate_left(17)) ^ request))
+    })
 }
 
 /// The SplitMix64 finaliser: a bijection that scatters nearby inputs.
@@ -287,8 +318,10 @@ impl Profile {
 
     /// Draws a request's fate and service time under `errors` (the rates in force), in the
     /// order both the simulator and the model use: a fast 503 first, then the fate of the
-    /// others (so P(hang) = (1 - fast_503) × hang), then the service time of `path`'s class.
-    pub fn draw<R: Rng + ?Sized>(&self, errors: &Errors, path: &str, rng: &mut R) -> Draw {
+    /// others (so P(hang) = (1 - fast_503) × hang), both from `rng`; then the service time
+    /// of `path`'s class, from `size` when given (a request's [`size_stream`]) else from
+    /// `rng`.
+    pub fn draw(&self, errors: &Errors, path: &str, rng: &mut SmallRng, size: Option<&mut SmallRng>) -> Draw {
         let (fast, fate): (f64, f64) = (rng.random(), rng.random());
         let fate = if fast < errors.fast_503 {
             Fate::Fast503
@@ -299,9 +332,13 @@ impl Profile {
         } else {
             Fate::Serve
         };
+        let dist = self.service_for(path);
         Draw {
             fate,
-            service_ms: self.service_for(path).sample(rng),
+            service_ms: match size {
+                Some(size) => dist.sample(size),
+                None => dist.sample(rng),
+            },
         }
     }
 
@@ -442,6 +479,20 @@ mod tests {
             let (want, got) = (d.mean_ms(), sample_mean(&d));
             assert!((got - want).abs() / want < 0.03, "{d:?}: sampled {got}, formula {want}");
         }
+    }
+
+    #[test]
+    fn streams_depend_on_seed_id_and_index_only() {
+        use rand::RngCore;
+        let first = |mut r: SmallRng| r.next_u64();
+        assert_eq!(first(request_stream(7, "b-1", 42)), first(request_stream(7, "b-1", 42)));
+        assert_ne!(first(request_stream(7, "b-1", 42)), first(request_stream(8, "b-1", 42)));
+        assert_ne!(first(request_stream(7, "b-1", 42)), first(request_stream(7, "b-2", 42)));
+        assert_ne!(first(request_stream(7, "b-1", 42)), first(request_stream(7, "b-1", 43)));
+        assert_eq!(first(backend_stream(7, "b-1")), first(backend_stream(7, "b-1")));
+        assert_ne!(first(backend_stream(7, "b-1")), first(backend_stream(8, "b-1")));
+        // FNV-1a's published test vector: the hash must never change between builds.
+        assert_eq!(id_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::model::{Dist, Profile};
+use crate::model::{Dist, Profile, DEFAULT_SEED};
 
 /// Slots (and queue places) of a [`BackendSpec`] backend: more than any
 /// test opens connections, so requests never wait for one another.
@@ -30,10 +30,14 @@ pub struct BackendSpec {
     pub status: u16,
     /// Length of the `"pad"` string added to every non-health JSON body (0: none).
     pub body_bytes: usize,
+    /// Seed of the backend's random draws (a spec's service time is constant,
+    /// so it only matters to what `/control` makes random later).
+    pub seed: u64,
 }
 
 impl BackendSpec {
-    /// A backend on `127.0.0.1:0` with no delay, status 200 and no padding.
+    /// A backend on `127.0.0.1:0` with no delay, status 200, no padding and
+    /// seed [`DEFAULT_SEED`].
     pub fn new(id: impl Into<String>) -> Self {
         Self {
             id: id.into(),
@@ -41,6 +45,7 @@ impl BackendSpec {
             delay: Duration::ZERO,
             status: 200,
             body_bytes: 0,
+            seed: DEFAULT_SEED,
         }
     }
 
@@ -69,6 +74,13 @@ impl BackendSpec {
     #[must_use]
     pub fn with_body_bytes(mut self, body_bytes: usize) -> Self {
         self.body_bytes = body_bytes;
+        self
+    }
+
+    /// Sets the seed of the backend's random draws.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
         self
     }
 

@@ -114,3 +114,77 @@ async fn bad_fleet_file_exits_non_zero() {
         .expect("run binary");
     assert!(!status.success());
 }
+
+#[tokio::test]
+async fn seed_flag_and_the_fleet_stats_listener() {
+    use backend_sim::backend::{service_timing, NO_SERVICE_TIMING};
+    use backend_sim::model::{request_stream, Fate};
+    use backend_sim::{FleetConfig, Stats};
+
+    let yaml = "seed: 3\nbackends:\n  \
+                - { id: up, service: { dist: exponential, mean_ms: 2 }, errors: { fast_503: 0.2 } }\n  \
+                - { id: down, phases: [ { at_s: 0, down: true } ] }\n";
+    let fleet = std::env::temp_dir().join(format!("nb-sim-stats-{}.yaml", std::process::id()));
+    std::fs::write(&fleet, yaml).expect("write fleet file");
+    let path = fleet.to_str().expect("UTF-8 path");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backend-sim"))
+        .args(["--fleet", path, "--seed", "5", "--stats-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start binary");
+    // Backends log their address first, then the stats listener its own.
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (up, stats_addr) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut up = None;
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let addr = || line.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok();
+            if line.contains("id=up ") {
+                assert!(line.contains("seed=5"), "--seed beats the file: {line}");
+                up = addr();
+            } else if line.contains("fleet stats listening") {
+                return (up.expect("the backend's line came first"), addr().expect("stats addr"));
+            }
+        }
+        panic!("no stats line");
+    })
+    .await
+    .expect("start-up lines in time");
+    let _ = std::fs::remove_file(&fleet);
+
+    let c = client();
+    let mut served = 0;
+    for i in 0..20u64 {
+        let resp = c
+            .get(url(up, "/x"))
+            .header("x-nb-request", i.to_string())
+            .header("x-nb-measured", "1")
+            .send()
+            .await
+            .expect("request");
+        let cfg = FleetConfig::from_yaml(yaml).expect("valid");
+        let p = &cfg.backends[0].profile;
+        let draw = p.draw(&p.errors, "/x", &mut request_stream(5, "up", i));
+        let want = match draw.fate {
+            Fate::Fast503 => (503, NO_SERVICE_TIMING.to_owned()),
+            _ => (200, service_timing(draw.service_ms)),
+        };
+        let got = (
+            resp.status().as_u16(),
+            resp.headers()["server-timing"].to_str().expect("ASCII").to_owned(),
+        );
+        assert_eq!(got, want, "request {i} drawn with seed 5");
+        served += usize::from(got.0 == 200);
+    }
+    assert!(served > 5, "{served}");
+
+    let resp = c.get(url(stats_addr, "/stats")).send().await.expect("stats request");
+    assert_eq!(resp.status(), 200);
+    let all: Vec<Stats> = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON array");
+    let summary: Vec<_> = all
+        .iter()
+        .map(|s| (s.id.as_str(), s.down, s.arrived, s.measured))
+        .collect();
+    assert_eq!(summary, [("up", false, 20, 20), ("down", true, 0, 0)]);
+}

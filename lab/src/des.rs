@@ -26,9 +26,11 @@
 //! load, warm-up included), re-read at every phase boundary and at least every 10 ms while a
 //! profile has a warm-up. On arrival at an up backend the request's [`Draw`] is made with
 //! [`Profile::draw`] under the error rates in force then, from
-//! [`request_stream`]`(seed, backend id, request index)`: the stream the lab's backend draws
-//! from for the same request, so in a repetition every strategy (and the lab) faces the same
-//! draws, and a retry at another backend draws from that backend's stream. Then:
+//! [`request_stream`]`(seed, backend id, request index)` (its fate) and
+//! [`size_stream`]`(seed, request index)` (its service time): the streams the lab's backend
+//! draws from for the same request, so in a repetition every strategy (and the lab) faces
+//! the same draws; a retry at another backend draws its fate from that backend's stream.
+//! Then:
 //! * a fast 503 is answered at once, without a slot;
 //! * else the request takes a free slot, or waits in the FIFO queue, or, when `queue`
 //!   requests already wait, gets a 503 at once;
@@ -76,12 +78,11 @@
 //! strategy can beat them on some percentile. They mark how far a strategy is from what
 //! information could buy.
 //!
-//! The backends draw a request's service time independently at each backend (the stream is
-//! keyed by backend), so clairvoyant also picks the luckiest of a request's draws across the
-//! fleet: on ten equal backends with exponential service its median is near the minimum of
-//! ten draws, a tenth of the mean. That is what knowing the draws buys *in this model*; it
-//! says little about queueing, where the gap between greedy and the classics is the
-//! figure to read.
+//! A request's size is its own: its service time comes from [`size_stream`]`(seed, index)`,
+//! the same quantile of each backend's distribution for its class wherever it goes, so a
+//! heavy request is heavy everywhere (scaled by the backend's speed) and clairvoyant cannot
+//! shop for a lucky draw; what it knows beyond greedy is the sizes of the request and of the
+//! work queued ahead of it.
 //!
 //! # Observations
 //!
@@ -126,7 +127,7 @@ use crate::arrivals::{Arrival, Schedule};
 use crate::bench::{Answer, Recorder, Report, RunInfo};
 use crate::lab;
 use crate::scenario::Scenario;
-use backend_sim::model::{request_stream, Draw, Effective, Fate, Profile};
+use backend_sim::model::{request_stream, size_stream, Draw, Effective, Fate, Profile};
 use proxy::{Failure, Passive};
 
 /// How the model chooses backends.
@@ -153,8 +154,7 @@ pub enum SimStrategy {
     /// known yet), queued FIFO into the earliest free slot. It sends the request where it
     /// will *complete* first, capped at its deadline; a draw that fails (fast 503, slow 500,
     /// hang) costs the deadline; a full queue comes last; ties are broken at random. It is
-    /// still greedy: it does not plan for future arrivals. Since the draws at different
-    /// backends are independent, it also shops for the luckiest one (see the module docs).
+    /// still greedy: it does not plan for future arrivals.
     Clairvoyant,
 }
 
@@ -797,7 +797,9 @@ impl Sim {
         let r = &self.reqs[slot as usize];
         let be = &self.backends[b as usize];
         let mut rng = request_stream(self.seed, &self.ids[b as usize], r.index);
-        be.profile.draw(&be.eff.errors, &self.paths[r.class], &mut rng)
+        let mut size = size_stream(self.seed, r.index);
+        be.profile
+            .draw(&be.eff.errors, &self.paths[r.class], &mut rng, Some(&mut size))
     }
 
     /// `on_backend_error`: passive health, then whether to retry elsewhere (the request is

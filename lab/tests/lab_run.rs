@@ -315,7 +315,10 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
         eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         dirs.push(out_dir);
     }
-    let (real, model) = (figures(&dirs[0].join("results.json")), figures(&dirs[1].join("results.json")));
+    let (real, model) = (
+        figures(&dirs[0].join("results.json")),
+        figures(&dirs[1].join("results.json")),
+    );
     let scenarios: std::collections::BTreeSet<&String> = model.keys().map(|(s, _)| s).collect();
     assert_eq!(scenarios.len(), 6, "{scenarios:?}");
     let mut misses = Vec::new();
@@ -335,7 +338,10 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
                 100.0 * m.errors
             );
             if !(r.p99 >= LOW * m.p99 - SLACK_MS && r.p99 <= HIGH * m.p99 + SLACK_MS) {
-                misses.push(format!("{scenario} {s}: p99 lab {:.1} ms vs model {:.1} ms", r.p99, m.p99));
+                misses.push(format!(
+                    "{scenario} {s}: p99 lab {:.1} ms vs model {:.1} ms",
+                    r.p99, m.p99
+                ));
             }
             if (r.errors - m.errors).abs() > 0.02 + 0.25 * r.errors.max(m.errors) {
                 misses.push(format!(
@@ -347,7 +353,12 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
         }
         for (i, a) in strategies.iter().enumerate() {
             for b in &strategies[i + 1..] {
-                let (ma, mb, ra, rb) = (get(&model, a).p99, get(&model, b).p99, get(&real, a).p99, get(&real, b).p99);
+                let (ma, mb, ra, rb) = (
+                    get(&model, a).p99,
+                    get(&model, b).p99,
+                    get(&real, a).p99,
+                    get(&real, b).p99,
+                );
                 if ma.max(mb) > TIE * ma.min(mb) && (ma < mb) != (ra < rb) {
                     misses.push(format!(
                         "{scenario}: model orders {a} {ma:.1} / {b} {mb:.1}, lab {ra:.1} / {rb:.1}"
@@ -356,5 +367,9 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
             }
         }
     }
-    assert!(misses.is_empty(), "the model and the lab disagree:\n{}", misses.join("\n"));
+    assert!(
+        misses.is_empty(),
+        "the model and the lab disagree:\n{}",
+        misses.join("\n")
+    );
 }

@@ -127,6 +127,16 @@ pub struct Stats {
     /// Requests currently held without an answer (each holds a slot).
     pub hanging: u64,
     pub health_checks: u64,
+    /// Requests that reached the service path (everything but `/health`,
+    /// `/stats` and `/control`), whatever their fate: fast 503s, queue-full
+    /// 503s and hangs included.
+    #[serde(default)]
+    pub arrived: u64,
+    /// Of those, the ones marked `x-nb-measured: 1` (the lab's measured
+    /// window): how many of its routing decisions chose this backend,
+    /// requests that timed out included.
+    #[serde(default)]
+    pub measured: u64,
     /// Seconds since the listener last opened (0 while down).
     pub uptime_s: f64,
     /// Current multiplier of service times (phases × warm-up).

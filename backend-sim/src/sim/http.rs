@@ -7,16 +7,24 @@
 //!
 //! 1. its body is read to the end (keep-alive stays usable, uploads are
 //!    paced like a real server's);
-//! 2. its fate is drawn: a fast 503 is answered at once, without a slot;
+//! 2. it is counted (`arrived`, and `measured` if it carries
+//!    `x-nb-measured: 1`), and its fate and service time are drawn: from
+//!    its own stream if it carries `x-nb-request: <u64>` (see
+//!    [`state`](super::state); a malformed index is ignored), else from the
+//!    backend's. A fast 503 is answered at once, without a slot;
 //! 3. it waits for a slot in the FIFO queue, or gets a fast 503 when the
 //!    queue is full;
 //! 4. a hang then holds its slot and never answers (a stuck worker: it costs
 //!    capacity until the client gives up, or [`HANG_LIMIT`]); the others
 //!    sleep for their service time × the slowdown in force when they got the
-//!    slot (sleeping costs no CPU, so the fleet is never the bottleneck);
+//!    slot, on the precise timer ([`crate::timer`]: Tokio's rounds a 1 ms
+//!    sleep up to about 2 ms). Sleeping costs no CPU, so the fleet is never
+//!    the bottleneck;
 //! 5. it is answered: 500 for a slow error, else the status set on the
-//!    backend, with a JSON body, `x-backend-id` and (if `orca`) the ORCA
-//!    load report.
+//!    backend, with a JSON body, `x-backend-id`, (if `orca`) the ORCA load
+//!    report, and `server-timing: service;dur=<ms>`, the service time it
+//!    was given (3 decimals). Fast and queue-full 503s say `service;dur=0`, so
+//!    a client can subtract the service time from every answer's latency.
 //!
 //! These are the rules of the discrete-event model (`nb_lab::des`) too.
 //!
@@ -37,8 +45,12 @@ use super::control::Control;
 use super::orca::ORCA_HEADER;
 use super::state::{Fate, Hanging, Padding, Sim};
 use super::{CONTROL_PATH, HANG_LIMIT, STATS_PATH};
-use crate::backend::{BACKEND_ID_HEADER, HEALTH_PATH};
+use crate::backend::{
+    service_timing, BACKEND_ID_HEADER, HEALTH_PATH, MEASURED_HEADER, NO_SERVICE_TIMING, REQUEST_INDEX_HEADER,
+    SERVER_TIMING_HEADER,
+};
 use crate::server::{Body, Handler, HangUp};
+use crate::timer::precise_sleep;
 
 /// Largest `/control` body accepted.
 const CONTROL_BODY_LIMIT: usize = 64 * 1024;
@@ -105,17 +117,31 @@ impl Handler for Sim {
 
 impl Sim {
     async fn serve(&self, parts: &Parts) -> Result<Response<Body>, HangUp> {
-        let plan = self.plan(parts.uri.path());
+        Sim::count(&self.arrived);
+        if parts
+            .headers
+            .get(MEASURED_HEADER)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
+        {
+            Sim::count(&self.measured);
+        }
+        let index = parts
+            .headers
+            .get(REQUEST_INDEX_HEADER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let plan = self.plan(parts.uri.path(), index);
         match plan.fate {
             Fate::Fast503 => {
                 Sim::count(&self.errors);
-                return Ok(self.failure(StatusCode::SERVICE_UNAVAILABLE, "injected fast 503", plan.orca));
+                let resp = self.failure(StatusCode::SERVICE_UNAVAILABLE, "injected fast 503", plan.orca);
+                return Ok(without_service(resp));
             }
             Fate::Serve | Fate::Slow500 | Fate::Hang => {}
         }
         let Ok(slot) = self.slots.acquire(plan.queue).await else {
             Sim::count(&self.rejected);
-            return Ok(self.failure(StatusCode::SERVICE_UNAVAILABLE, "overloaded", plan.orca));
+            let resp = self.failure(StatusCode::SERVICE_UNAVAILABLE, "overloaded", plan.orca);
+            return Ok(without_service(resp));
         };
         if plan.fate == Fate::Hang {
             Sim::count(&self.errors);
@@ -127,13 +153,14 @@ impl Sim {
         let ms = plan.service_ms * self.slowdown();
         if ms > 0.0 {
             // Absurd values (overflow) sleep "for ever", i.e. until the client gives up.
-            tokio::time::sleep(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)).await;
+            precise_sleep(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)).await;
         }
         drop(slot);
         self.completed();
         if plan.fate == Fate::Slow500 {
             Sim::count(&self.errors);
-            return Ok(self.failure(StatusCode::INTERNAL_SERVER_ERROR, "injected slow 500", plan.orca));
+            let resp = self.failure(StatusCode::INTERNAL_SERVER_ERROR, "injected slow 500", plan.orca);
+            return Ok(with_service_ms(resp, ms));
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
@@ -141,7 +168,7 @@ impl Sim {
         }
         let mut resp = self.json(status, self.reply_body(parts));
         self.add_orca(&mut resp, plan.orca);
-        Ok(resp)
+        Ok(with_service_ms(resp, ms))
     }
 
     fn reply_body(&self, parts: &Parts) -> Vec<u8> {
@@ -207,6 +234,21 @@ impl Sim {
         headers.insert(BACKEND_ID_HEADER, self.id_header.clone());
         resp
     }
+}
+
+/// Adds the `server-timing` header with the service time a request was given.
+fn with_service_ms(mut resp: Response<Body>, ms: f64) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&service_timing(ms)) {
+        resp.headers_mut().insert(SERVER_TIMING_HEADER, v);
+    }
+    resp
+}
+
+/// Adds `server-timing: service;dur=0`: answered without service.
+fn without_service(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(SERVER_TIMING_HEADER, HeaderValue::from_static(NO_SERVICE_TIMING));
+    resp
 }
 
 /// Reads a body to its end, discarding the data.

@@ -4,24 +4,29 @@
 //! The profile (base plus phases plus run-time changes) sits behind one
 //! mutex with the backend's RNG; a request takes it twice, briefly: once on
 //! arrival to draw its fate and service time, once when it gets a slot to
-//! read the slowdown then in force. Everything a request only bumps
+//! read the slowdown then in force.
+//!
+//! Draws: a request that carries its index in the load draws from
+//! [`request_stream`]`(seed, id, index)` and [`size_stream`]`(seed, index)`, so its fate and
+//! service time do not
+//! depend on what else the backend served; any other request draws from the
+//! backend's own stream, [`backend_stream`]`(seed, id)`. Nothing depends on
+//! the process, so a run can be repeated. Everything a request only bumps
 //! (counters) or a test flips (health, status) is an atomic. No lock is ever
 //! held across an `.await`.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use hyper::header::HeaderValue;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use super::control::{Control, Stats};
 use super::orca::{OrcaReport, Rate};
 use super::slots::Slots;
-use crate::model::{Dist, Profile};
+use crate::model::{backend_stream, request_stream, size_stream, Dist, Profile};
 
 /// How response bodies are padded.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +58,7 @@ struct Model {
 #[derive(Debug)]
 pub(crate) struct Sim {
     pub id: String,
+    pub seed: u64,
     pub id_header: HeaderValue,
     pub epoch: Instant,
     model: Mutex<Model>,
@@ -64,6 +70,8 @@ pub(crate) struct Sim {
     pub rejected: AtomicU64,
     pub health_checks: AtomicU64,
     pub hanging: AtomicU64,
+    pub arrived: AtomicU64,
+    pub measured: AtomicU64,
     rate: Mutex<Rate>,
     pub padding: Padding,
     /// `'x'` × the largest pad a body can need.
@@ -80,19 +88,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Sim {
-    pub fn new(profile: Profile, epoch: Instant, status: u16, padding: Padding, id_header: HeaderValue) -> Self {
-        let seed = RandomState::new().hash_one(&profile.id);
+    pub fn new(
+        profile: Profile,
+        epoch: Instant,
+        seed: u64,
+        status: u16,
+        padding: Padding,
+        id_header: HeaderValue,
+    ) -> Self {
         let pad = match padding {
             Padding::Pad(n) | Padding::Total(n) => "x".repeat(n),
         };
         let slots = Slots::new(profile.effective(0.0).slots);
         Self {
             id: profile.id.clone(),
+            seed,
             id_header,
             epoch,
             model: Mutex::new(Model {
+                rng: backend_stream(seed, &profile.id),
                 profile,
-                rng: SmallRng::seed_from_u64(seed),
             }),
             slots,
             status: AtomicU16::new(status),
@@ -102,6 +117,8 @@ impl Sim {
             rejected: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
             hanging: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
+            measured: AtomicU64::new(0),
             rate: Mutex::new(Rate::new()),
             padding,
             pad,
@@ -135,12 +152,22 @@ impl Sim {
         (eff.down, eff.slots, next)
     }
 
-    pub fn plan(&self, path: &str) -> Plan {
+    /// Draws a request's plan: from its own stream when it carries its
+    /// index in the load (`request`), else from the backend's.
+    pub fn plan(&self, path: &str, request: Option<u64>) -> Plan {
         let t = self.t_s();
         let mut m = lock(&self.model);
         let Model { profile, rng } = &mut *m;
         let e = profile.effective(t).errors;
-        let draw = profile.draw(&e, path, rng);
+        let draw = match request {
+            Some(index) => profile.draw(
+                &e,
+                path,
+                &mut request_stream(self.seed, &self.id, index),
+                Some(&mut size_stream(self.seed, index)),
+            ),
+            None => profile.draw(&e, path, rng, None),
+        };
         Plan {
             fate: draw.fate,
             service_ms: draw.service_ms,
@@ -246,6 +273,8 @@ impl Sim {
             rejected: self.rejected.load(Ordering::Relaxed),
             hanging: self.hanging.load(Ordering::Relaxed),
             health_checks: self.health_checks.load(Ordering::Relaxed),
+            arrived: self.arrived.load(Ordering::Relaxed),
+            measured: self.measured.load(Ordering::Relaxed),
             uptime_s: since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
             slowdown: eff.slowdown,
             error_rates: eff.errors,

@@ -38,6 +38,11 @@ pub struct Got {
 }
 
 impl Got {
+    /// The `server-timing` header, as sent.
+    pub fn server_timing(&self) -> Option<&str> {
+        Some(self.headers.get("server-timing")?.to_str().expect("ASCII header"))
+    }
+
     pub fn orca(&self) -> Option<OrcaReport> {
         let v = self.headers.get("endpoint-load-metrics")?;
         Some(OrcaReport::parse(v.to_str().expect("ASCII header")).expect("parseable ORCA TEXT header"))
@@ -45,8 +50,17 @@ impl Got {
 }
 
 pub async fn get(c: &reqwest::Client, addr: SocketAddr, path: &str) -> Got {
+    get_with(c, addr, path, &[]).await
+}
+
+/// A GET with extra request headers.
+pub async fn get_with(c: &reqwest::Client, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
     let start = Instant::now();
-    let resp = c.get(format!("http://{addr}{path}")).send().await.expect("request");
+    let mut req = c.get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.expect("body");
