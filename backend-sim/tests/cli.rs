@@ -118,7 +118,7 @@ async fn bad_fleet_file_exits_non_zero() {
 #[tokio::test]
 async fn seed_flag_and_the_fleet_stats_listener() {
     use backend_sim::backend::{service_timing, NO_SERVICE_TIMING};
-    use backend_sim::model::{request_stream, Fate};
+    use backend_sim::model::{request_stream, size_stream, Fate};
     use backend_sim::{FleetConfig, Stats};
 
     let yaml = "seed: 3\nbackends:\n  \
@@ -165,7 +165,12 @@ async fn seed_flag_and_the_fleet_stats_listener() {
             .expect("request");
         let cfg = FleetConfig::from_yaml(yaml).expect("valid");
         let p = &cfg.backends[0].profile;
-        let draw = p.draw(&p.errors, "/x", &mut request_stream(5, "up", i));
+        let draw = p.draw(
+            &p.errors,
+            "/x",
+            &mut request_stream(5, "up", i),
+            Some(&mut size_stream(5, i)),
+        );
         let want = match draw.fate {
             Fate::Fast503 => (503, NO_SERVICE_TIMING.to_owned()),
             _ => (200, service_timing(draw.service_ms)),

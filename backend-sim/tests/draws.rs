@@ -7,7 +7,7 @@ mod sim_util;
 use std::time::Instant;
 
 use backend_sim::backend::{parse_service_ms, service_timing, NO_SERVICE_TIMING};
-use backend_sim::model::{request_stream, Dist, Errors, Fate, Profile};
+use backend_sim::model::{request_stream, size_stream, Dist, Errors, Fate, Profile};
 use backend_sim::{spawn_fleet, spawn_profile_seeded, BackendHandle, FleetConfig};
 use sim_util::{burst, client, constant, get, get_with, ms, start, Got};
 
@@ -44,7 +44,12 @@ async fn indexed(b: &BackendHandle, index: u64) -> (u16, String) {
 
 /// What request `index` must be answered, from the shared stream alone.
 fn expected(p: &Profile, seed: u64, index: u64) -> (u16, String) {
-    let draw = p.draw(&p.errors, "/draw", &mut request_stream(seed, &p.id, index));
+    let draw = p.draw(
+        &p.errors,
+        "/draw",
+        &mut request_stream(seed, &p.id, index),
+        Some(&mut size_stream(seed, index)),
+    );
     match draw.fate {
         Fate::Serve => (200, service_timing(draw.service_ms)),
         Fate::Slow500 => (500, service_timing(draw.service_ms)),

@@ -55,11 +55,22 @@ async fn prints_a_summary_and_writes_json() {
     assert!(out.status.success(), "{out:?}");
     let mut lines = stdout.lines();
     let header = lines.next().expect("header line");
-    for col in ["label", "sent", "ok", "errors", "err%", "achieved/offered", "p99.9"] {
+    for col in [
+        "label",
+        "sent",
+        "ok",
+        "errors",
+        "err%",
+        "achieved/offered",
+        "p99.9",
+        "ok-p99",
+        "queue-p99",
+        "lag-p99",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     assert!(lines.next().expect("row").starts_with("cli-run "), "{stdout}");
-    assert_eq!(lines.next(), Some("share per backend: cli-b 100.0%"));
+    assert_eq!(lines.next(), Some("responses per backend: cli-b 100.0%"));
 
     let json = std::fs::read_to_string(&json_path).expect("JSON file written");
     let _ = std::fs::remove_file(&json_path);
@@ -73,7 +84,9 @@ async fn prints_a_summary_and_writes_json() {
     assert_eq!(v["errors"], 0);
     assert_eq!(v["error_rate"], 0.0);
     assert_eq!(v["timeouts"], 0);
-    assert_eq!(v["share"]["cli-b"], 1.0);
+    assert_eq!(v["response_share"]["cli-b"], 1.0);
+    assert!(v["success_latency_ms"]["p99"].as_f64().expect("ok p99") >= 2.0, "{v}");
+    assert_eq!(v["queueing_count"].as_u64(), Some(sent));
     assert_eq!(v["status_counts"]["200"].as_u64(), Some(sent));
     for field in ["offered_rps", "achieved_rps", "goodput_rps"] {
         assert!(v[field].as_f64().expect(field) > 100.0, "{field}: {v}");

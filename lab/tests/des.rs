@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use backend_sim::model::request_stream;
+use backend_sim::model::{request_stream, size_stream};
 
 use nb_lab::bench::Report;
 use nb_lab::des::{simulate, simulate_detailed, simulate_with, Details, ProxySettings, SimStrategy};
@@ -123,7 +123,7 @@ fn every_strategy_faces_the_same_draws() {
             let p = &profiles[x.backend];
             let path = ["/cheap", "/heavy"].iter().find(|path| {
                 let mut rng = request_stream(seed, &p.id, x.index);
-                let d = p.draw(&p.errors, path, &mut rng);
+                let d = p.draw(&p.errors, path, &mut rng, Some(&mut size_stream(seed, x.index)));
                 (d.service_ms - x.service_ms).abs() < 1e-6
             });
             assert!(
