@@ -35,10 +35,11 @@ struct Args {
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     scenario: Vec<PathBuf>,
     /// Strategies, comma-separated, in run order (the first is the default --baseline).
-    /// Ours: round_robin, weighted_round_robin, least_connections, random,
-    /// p2c_ewma (and oracle with --simulate); peers: nginx:least_conn, nginx:random_two,
-    /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,
-    /// p2c_ewma; with --simulate every classic strategy and oracle]
+    /// Ours: round_robin, weighted_round_robin, least_connections, random, p2c_ewma,
+    /// orca_least_delay (and oracle with --simulate); peers: nginx:least_conn,
+    /// nginx:random_two, haproxy:leastconn, haproxy:roundrobin.
+    /// [default: round_robin,least_connections,p2c_ewma; with --simulate every classic
+    /// strategy and oracle]
     #[arg(long, conflicts_with = "url")]
     strategies: Option<String>,
     /// The strategy the others' p99 is divided by [default: the first; oracle with

@@ -15,12 +15,13 @@ use crate::scenario::Scenario;
 
 /// What `--simulate` runs when `--strategies` is not given: every classic strategy and
 /// the oracle.
-pub const SIM_STRATEGIES: [&str; 6] = [
+pub const SIM_STRATEGIES: [&str; 7] = [
     OUR_STRATEGIES[0],
     OUR_STRATEGIES[1],
     OUR_STRATEGIES[2],
     OUR_STRATEGIES[3],
     OUR_STRATEGIES[4],
+    OUR_STRATEGIES[5],
     ORACLE,
 ];
 
