@@ -52,7 +52,12 @@
 //!   left: the proxy answers 503, or 502 when it tried one that failed.
 //! * The chosen backend's [`Load`] is tracked with an [`InflightGuard`] from the pick until
 //!   the response, the failure or the client's deadline; every backend response (any status)
-//!   feeds `Load::observe(latency of this attempt, now, decay)`.
+//!   feeds `Load::observe(latency of this attempt, now, decay)`. A backend whose profile has
+//!   `orca` (the default) reports its load on every response, as `backend-sim` does in the
+//!   `endpoint-load-metrics` header, and the proxy feeds `Load::report(queue, now)`; the
+//!   queue is the FIFO's length as the backend sends the response (a slot its request freed
+//!   already went to the head of the queue). Reported utilisation is not modelled: no
+//!   strategy reads it.
 //! * Passive health mirrors `BackendStats::record_failure` and `Pool::record_failure`: a
 //!   connect failure (a `down` backend) or a reset (a crash) counts against the backend;
 //!   5 consecutive gateway failures (502/503/504 or resets; a 500 is not one) or 1 connect
@@ -160,12 +165,13 @@ pub enum SimStrategy {
 
 impl SimStrategy {
     /// The proxy's strategies, then the references.
-    pub const ALL: [SimStrategy; 7] = [
+    pub const ALL: [SimStrategy; 8] = [
         SimStrategy::Classic(StrategyKind::RoundRobin),
         SimStrategy::Classic(StrategyKind::WeightedRoundRobin),
         SimStrategy::Classic(StrategyKind::LeastConnections),
         SimStrategy::Classic(StrategyKind::Random),
         SimStrategy::Classic(StrategyKind::P2cEwma),
+        SimStrategy::Classic(StrategyKind::OrcaLeastDelay),
         SimStrategy::Greedy,
         SimStrategy::Clairvoyant,
     ];
@@ -461,6 +467,14 @@ impl Backend {
             until = until.min(now + WARMUP_REFRESH_NS);
         }
         self.eff_until_ns = until.max(now + 1);
+    }
+
+    /// The queue of the ORCA report sent with a response now (`backend-sim`'s
+    /// `Sim::orca`): the waiting requests that free slots do not take at once. In `done` the
+    /// response goes out before `pull` hands the freed slot on; the backend sends it after.
+    fn orca_queue(&self) -> u32 {
+        self.queued
+            .saturating_sub(self.eff.slots.saturating_sub(self.in_service()))
     }
 }
 
@@ -920,6 +934,9 @@ impl Sim {
         let be = &mut self.backends[b as usize];
         be.load
             .observe(now.saturating_sub(r.attempt_ns) as f64, now, self.params.decay_ns);
+        if be.profile.orca {
+            be.load.report(be.orca_queue(), now);
+        }
         match Failure::of_status(status) {
             Some(kind) => self.passive_failure(b, kind, now),
             None => self.backends[b as usize].passive.record_success(now),

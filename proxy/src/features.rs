@@ -71,11 +71,14 @@ mod tests {
 
         let _g = b.load.track();
         b.load.observe(25e6, 1_000_000_000, 1e9);
-        b.record_report(&LoadReport {
-            cpu_utilization: Some(0.5),
-            rps_fractional: None,
-            queue: Some(4.0),
-        });
+        b.record_report(
+            &LoadReport {
+                cpu_utilization: Some(0.5),
+                rps_fractional: None,
+                queue: Some(4.0),
+            },
+            1_000_000_000,
+        );
         let f = Features::of(&b, 1_000_000_000, 1e9);
         assert_eq!(f.inflight, 1.0);
         assert_eq!(f.latency_ewma_ms, Some(25.0));

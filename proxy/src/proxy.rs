@@ -337,7 +337,7 @@ impl ProxyHttp for Proxy {
                 backend.record_success();
             }
             if let Some(report) = resp.headers.get(orca::HEADER).and_then(|v| orca::parse(v.as_bytes())) {
-                backend.record_report(&report);
+                backend.record_report(&report, now);
             }
         }
         if !self.forward_load_reports {

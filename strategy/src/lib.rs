@@ -13,6 +13,30 @@
 //! | `least_connections` | fewest in-flight per unit of weight; ties broken at random | O(n) |
 //! | `random` | weighted random | O(n) |
 //! | `p2c_ewma` | power of two choices over peak-EWMA latency × (in-flight + 1) (Mitzenmacher; Finagle, Linkerd) | O(n) scan for eligibility, two cost reads |
+//! | `orca_least_delay` | least expected delay over every candidate: peak-EWMA latency × (in-flight + the backend's reported queue + 1); ties broken at random | O(n) |
+//!
+//! `orca_least_delay` is the classic strategy that uses what backends report about their own
+//! load (ORCA `named_metrics.queue`, fed through [`Load::report`]), so that a learned
+//! strategy given the same reports is measured against a rule that has them too. It is
+//! shortest-expected-delay routing (SED: the server minimising (jobs ahead + 1) × time per
+//! job, as in the queueing literature and IPVS's `sed` scheduler) with our peak-EWMA latency
+//! estimate as the time per job and, as the jobs ahead, our requests in flight there plus
+//! the requests its latest report says wait for a slot ([`Load::delay_cost`]). That is the
+//! cost of `p2c_ewma` with the reported queue added: our in-flight count alone cannot tell
+//! a request waiting for a slot (which delays a newcomer) from one being served (which, on a
+//! backend with free slots, does not), and cannot see requests other clients queued. A
+//! waiting request of ours therefore counts twice, once in flight and once queued; one of
+//! another client's counts once. The cost is minimised over every eligible backend rather
+//! than two random ones: with k slow or slot-starved backends among n, two random choices
+//! are both bad for a share k(k-1)/(n(n-1)) of the requests, too many for a tail.
+//!
+//! Fallback: a report expires after [`REPORT_TTL_NS`], and a backend without a fresh report
+//! counts no queue, only our requests in flight. With no reports at all the rule is
+//! therefore `p2c_ewma`'s cost minimised over every candidate; a backend that stops reporting
+//! neither looks idle while it holds our requests nor stays shunned for a queue it reported
+//! long ago. A backend without latency history costs [`NO_HISTORY_PENALTY_NS`] per request
+//! ahead (0 when there are none, so new backends are tried). Weights are ignored, as in
+//! `p2c_ewma`.
 
 mod load;
 mod wrr;
@@ -24,7 +48,7 @@ use std::sync::OnceLock;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-pub use load::{InflightGuard, Load, NO_HISTORY_PENALTY_NS};
+pub use load::{InflightGuard, Load, NO_HISTORY_PENALTY_NS, REPORT_TTL_NS};
 pub use wrr::Schedule;
 
 /// The strategies a pool can use.
@@ -36,15 +60,17 @@ pub enum StrategyKind {
     LeastConnections,
     Random,
     P2cEwma,
+    OrcaLeastDelay,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 5] = [
+    pub const ALL: [StrategyKind; 6] = [
         StrategyKind::RoundRobin,
         StrategyKind::WeightedRoundRobin,
         StrategyKind::LeastConnections,
         StrategyKind::Random,
         StrategyKind::P2cEwma,
+        StrategyKind::OrcaLeastDelay,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +80,7 @@ impl StrategyKind {
             StrategyKind::LeastConnections => "least_connections",
             StrategyKind::Random => "random",
             StrategyKind::P2cEwma => "p2c_ewma",
+            StrategyKind::OrcaLeastDelay => "orca_least_delay",
         }
     }
 }
@@ -132,6 +159,7 @@ pub fn pick<C: Candidates + ?Sized, R: Rng + ?Sized>(
         StrategyKind::LeastConnections => least_connections(c, rng),
         StrategyKind::Random => weighted_random(c, rng),
         StrategyKind::P2cEwma => p2c(c, now_ns, params.decay_ns, rng),
+        StrategyKind::OrcaLeastDelay => least_by(c, rng, |l| l.delay_cost(now_ns, params.decay_ns)),
     }
 }
 
@@ -232,6 +260,37 @@ fn p2c<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, now_ns: u64, decay_ns: f6
             Some(if cb < ca { b } else { a })
         }
     }
+}
+
+/// The eligible candidate of lowest `cost`; ties broken at random (reservoir sampling, as
+/// in [`least_connections`]), so equal candidates share the traffic.
+fn least_by<C, R>(c: &C, rng: &mut R, cost: impl Fn(&Load) -> f64) -> Option<usize>
+where
+    C: Candidates + ?Sized,
+    R: Rng + ?Sized,
+{
+    let mut best: Option<(usize, f64)> = None;
+    let mut ties = 0u32;
+    for i in 0..c.len() {
+        if !c.eligible(i) {
+            continue;
+        }
+        let k = cost(c.load(i));
+        match best {
+            Some((_, b)) if k > b => {}
+            Some((_, b)) if k == b => {
+                ties += 1;
+                if rng.random_range(0..ties) == 0 {
+                    best = Some((i, k));
+                }
+            }
+            _ => {
+                best = Some((i, k));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! Live per-backend load: in-flight requests and a peak-EWMA latency estimate.
+//! Live per-backend load: in-flight requests, a peak-EWMA latency estimate, and the queue
+//! length the backend last reported (ORCA).
 //!
 //! Written on the request path with relaxed atomics (no locks). The estimator's read-modify-
 //! write is not a single atomic step: two concurrent observations may lose one sample, which
-//! an exponentially weighted average tolerates by design.
+//! an exponentially weighted average tolerates by design. Likewise a report's queue and its
+//! time are two stores: a pick that reads between them sees the new queue with the old time
+//! (or the reverse), which matters only at the moment a report expires.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -12,14 +15,39 @@ use std::sync::Arc;
 /// (Finagle's `Penalty`).
 pub const NO_HISTORY_PENALTY_NS: f64 = 1e12;
 
+/// A load report older than this is ignored. Reports ride on responses, so a backend that
+/// serves us reports many times a second; one we have not heard from for a second is either
+/// idle for us (its in-flight count says so) or no longer reporting, and what it said then
+/// no longer describes it.
+pub const REPORT_TTL_NS: u64 = 1_000_000_000;
+
+/// `report_ns` of a backend that never reported.
+const NEVER: u64 = u64::MAX;
+
 /// Load of one backend. Shared by the proxy (through an `Arc`) and by the strategy code.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Load {
     inflight: AtomicU32,
     /// Peak-EWMA of response-header latency in ns, as f64 bits; 0 means no history.
     ewma_bits: AtomicU64,
     /// Time (ns on the caller's clock) of the last observation.
     stamp_ns: AtomicU64,
+    /// The queue length of the latest report.
+    reported_queue: AtomicU32,
+    /// Time of the latest report, [`NEVER`] before the first.
+    report_ns: AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            inflight: AtomicU32::new(0),
+            ewma_bits: AtomicU64::new(0),
+            stamp_ns: AtomicU64::new(0),
+            reported_queue: AtomicU32::new(0),
+            report_ns: AtomicU64::new(NEVER),
+        }
+    }
 }
 
 impl Load {
@@ -71,13 +99,43 @@ impl Load {
     /// Peak-EWMA cost: estimated latency × (in-flight + 1). Backends without history cost 0
     /// while idle (probe them) and [`NO_HISTORY_PENALTY_NS`] per request while busy.
     pub fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        let inflight = self.inflight() as f64;
+        self.latency_times(self.inflight() as f64, now_ns, decay_ns)
+    }
+
+    /// Cost of `orca_least_delay`: estimated latency × (in-flight + reported queue + 1), the
+    /// expected delay behind every request we know to be ahead: ours in flight, and those the
+    /// backend's fresh report says are waiting for a slot. Without a fresh report it is
+    /// [`Load::cost`]; without latency history, [`NO_HISTORY_PENALTY_NS`] per request ahead.
+    pub fn delay_cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let queue = self.reported_queue(now_ns).unwrap_or(0);
+        self.latency_times(f64::from(self.inflight()) + f64::from(queue), now_ns, decay_ns)
+    }
+
+    /// Estimated latency × (`ahead` + 1), or [`NO_HISTORY_PENALTY_NS`] × `ahead` without history.
+    fn latency_times(&self, ahead: f64, now_ns: u64, decay_ns: f64) -> f64 {
         let est = self.latency_estimate_ns(now_ns, decay_ns);
         if est == 0.0 {
-            NO_HISTORY_PENALTY_NS * inflight
+            NO_HISTORY_PENALTY_NS * ahead
         } else {
-            est * (inflight + 1.0)
+            est * (ahead + 1.0)
         }
+    }
+
+    /// Takes a load report: `queue` requests were waiting at the backend (ORCA
+    /// `named_metrics.queue`) when it answered at `now_ns`.
+    pub fn report(&self, queue: u32, now_ns: u64) {
+        self.reported_queue.store(queue, Relaxed);
+        self.report_ns.store(now_ns, Relaxed);
+    }
+
+    /// The queue of the latest report, if that report is younger than [`REPORT_TTL_NS`] at
+    /// `now_ns`.
+    pub fn reported_queue(&self, now_ns: u64) -> Option<u32> {
+        let at = self.report_ns.load(Relaxed);
+        if at == NEVER || now_ns.saturating_sub(at) > REPORT_TTL_NS {
+            return None;
+        }
+        Some(self.reported_queue.load(Relaxed))
     }
 }
 
@@ -136,5 +194,37 @@ mod tests {
         assert_eq!(l.cost(0, 1e10), NO_HISTORY_PENALTY_NS);
         l.observe(2e6, 0, 1e10);
         assert_eq!(l.cost(0, 1e10), 4e6);
+    }
+
+    #[test]
+    fn reports_expire() {
+        let l = Load::new();
+        assert_eq!(l.reported_queue(0), None, "never reported");
+        // A report at time 0 is a report (0 is a valid time on the caller's clock).
+        l.report(7, 0);
+        assert_eq!(l.reported_queue(REPORT_TTL_NS), Some(7));
+        assert_eq!(l.reported_queue(REPORT_TTL_NS + 1), None);
+        l.report(2, REPORT_TTL_NS + 5);
+        assert_eq!(l.reported_queue(REPORT_TTL_NS + 5), Some(2), "a newer report is fresh");
+    }
+
+    #[test]
+    fn delay_cost_adds_the_reported_queue_to_the_requests_in_flight() {
+        let l = Load::new();
+        let _busy = [l.track(), l.track()];
+        l.report(4, 0);
+        assert_eq!(
+            l.delay_cost(0, 1e10),
+            NO_HISTORY_PENALTY_NS * 6.0,
+            "no history, six ahead"
+        );
+        l.observe(3e6, 0, 1e10);
+        assert_eq!(l.delay_cost(0, 1e10), 3e6 * 7.0);
+        let later = REPORT_TTL_NS + 1;
+        assert_eq!(
+            l.delay_cost(later, 1e10),
+            l.cost(later, 1e10),
+            "expired: the p2c_ewma cost"
+        );
     }
 }

@@ -36,7 +36,8 @@ struct Args {
     scenario: Vec<PathBuf>,
     /// Strategies, comma-separated, in run order of the first repetition (the order
     /// rotates between repetitions; the first is the default --baseline). Ours:
-    /// round_robin, weighted_round_robin, least_connections, random, p2c_ewma, each also as
+    /// round_robin, weighted_round_robin, least_connections, random, p2c_ewma,
+    /// orca_least_delay, each also as
     /// NAME@no_orca (backends without ORCA load reports); with --simulate also the
     /// references greedy and clairvoyant; peers: nginx:least_conn, nginx:random_two,
     /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,

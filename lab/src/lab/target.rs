@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Our strategies, as the proxy's `strategy:` key spells them.
-pub const OUR_STRATEGIES: [&str; 5] = [
+pub const OUR_STRATEGIES: [&str; 6] = [
     "round_robin",
     "weighted_round_robin",
     "least_connections",
     "random",
     "p2c_ewma",
+    "orca_least_delay",
 ];
 
 /// The model's reference that knows every backend's true queue and speed (greedy expected

@@ -509,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn every_strategy_name_is_accepted_and_others_are_errors() {
+        for kind in StrategyKind::ALL {
+            let c = UpstreamsConfig::parse("u.yaml", &GOOD.replace("round_robin", kind.as_str()))
+                .unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+            assert_eq!(c.pools["api"].strategy, kind);
+        }
+        let e = errs(&GOOD.replace("round_robin", "least_queue"));
+        assert!(
+            e.first()
+                .is_some_and(|e| e.starts_with("u.yaml:3: ") && e.contains("orca_least_delay")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn each_kind_of_error_names_its_line() {
         let cases = [
             (

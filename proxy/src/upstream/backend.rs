@@ -346,11 +346,16 @@ impl BackendStats {
         }
     }
 
-    /// Keeps the fields of a load report the backend sent with a response.
-    pub fn record_report(&self, r: &LoadReport) {
+    /// Keeps the fields of a load report the backend sent with a response at `now_ns`, and
+    /// gives its queue to the backend's [`Load`], which `orca_least_delay` reads.
+    pub fn record_report(&self, r: &LoadReport, now_ns: u64) {
         store_if_some(&self.reported_cpu, r.cpu_utilization);
         store_if_some(&self.reported_queue, r.queue);
         store_if_some(&self.reported_rps, r.rps_fractional);
+        if let Some(queue) = r.queue {
+            // Finite and not negative (the parser drops other values); `as` saturates.
+            self.load.report(queue.round() as u32, now_ns);
+        }
     }
 
     pub fn reported(&self) -> ReportedLoad {
@@ -463,6 +468,21 @@ mod tests {
         assert!(s.record_failure(Failure::Status5xx, &o));
         s.eject(&o, now);
         assert!(s.is_ejected(now + 1_000_000_000), "ejected, not wrapped into the past");
+    }
+
+    #[test]
+    fn a_reported_queue_reaches_the_strategies_load() {
+        let s = stats(false);
+        let now = clock::now_ns();
+        let mut r = LoadReport {
+            cpu_utilization: Some(0.9),
+            ..LoadReport::default()
+        };
+        s.record_report(&r, now);
+        assert_eq!(s.load.reported_queue(now), None, "no queue in the report");
+        r.queue = Some(2.6);
+        s.record_report(&r, now);
+        assert_eq!(s.load.reported_queue(now), Some(3));
     }
 
     #[test]
