@@ -70,7 +70,7 @@ names = ["round_robin", "weighted_round_robin", "least_connections", "p2c_ewma"]
 rows = [json.load(open(os.path.join(work, n + ".json"))) for n in names]
 print(f"{'strategy':<22}{'requests':>9}{'errors':>8}{'mean ms':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}   share backend-1/2/3")
 for r in rows:
-    lat = r["latency_ms"]; share = r.get("share", {})
+    lat = r["latency_ms"]; share = r.get("share") or r.get("response_share", {})
     s = " / ".join(f"{100*share.get(b, 0):.0f}%" for b in ("backend-1", "backend-2", "backend-3"))
     print(f"{r['label']:<22}{r['sent']:>9}{r['errors']:>8}{lat['mean']:>9.2f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}   {s}")
 print()
