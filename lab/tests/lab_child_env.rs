@@ -4,22 +4,9 @@
 //! One test in its own binary: it sets variables in this process's environment, which no
 //! other thread may be reading at the time.
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use nb_lab::lab::procs::{self, ChildGuard, Pinning, Role, TempDir};
-
-/// What a child wrote to its log once it has exited.
-fn output_of(mut guard: ChildGuard, log: &Path) -> String {
-    for _ in 0..500 {
-        if guard.check_running().is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::fs::read_to_string(log).expect("log")
-}
 
 #[test]
 fn children_lose_the_recording_variables_and_run_on_their_cpu() {
@@ -35,7 +22,9 @@ fn children_lose_the_recording_variables_and_run_on_their_cpu() {
         let log = dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "env; grep Cpus_allowed_list /proc/self/status"]);
-        let text = output_of(ChildGuard::spawn_as(role, name, &mut cmd, &log).expect("spawn"), &log);
+        let text = ChildGuard::spawn_as(role, name, &mut cmd, &log)
+            .expect("spawn")
+            .output();
         assert!(text.contains("NB_LAB_PLAIN=kept"), "{text}");
         assert!(!text.contains("DATABASE_URL"), "{name}: {text}");
         assert!(!text.contains("NEURABALANCER_"), "{name}: {text}");

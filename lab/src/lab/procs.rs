@@ -119,6 +119,18 @@ impl ChildGuard {
         }
     }
 
+    /// Everything the child wrote, once it has exited (waiting up to 5 s; a child still
+    /// running then is killed and what it wrote so far returned).
+    pub fn output(mut self) -> String {
+        for _ in 0..500 {
+            if self.check_running().is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the child's output.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -436,17 +448,6 @@ mod tests {
         assert_eq!(unique.len(), 20);
     }
 
-    /// The text a child wrote to its log once it has exited.
-    fn output_of(mut guard: ChildGuard, log: &Path) -> String {
-        for _ in 0..500 {
-            if guard.check_running().is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::fs::read_to_string(log).expect("log")
-    }
-
     #[test]
     fn a_child_does_not_get_the_recording_variables() {
         let dir = TempDir::new("nb-lab-test").expect("temp dir");
@@ -454,7 +455,7 @@ mod tests {
         // Set on the command too: the scrub wins over what a caller passes.
         let mut cmd = Command::new("env");
         cmd.env("DATABASE_URL", "postgres://x").env("NB_LAB_KEPT", "1");
-        let text = output_of(ChildGuard::spawn("env", &mut cmd, &log).expect("spawn"), &log);
+        let text = ChildGuard::spawn("env", &mut cmd, &log).expect("spawn").output();
         assert!(text.contains("NB_LAB_KEPT=1"), "{text}");
         assert!(!text.contains("DATABASE_URL"), "{text}");
         assert!(!text.contains("NEURABALANCER_"), "{text}");
@@ -476,7 +477,7 @@ mod tests {
         cmd.args(["-c", "grep Cpus_allowed_list /proc/self/status; echo \"x=$NB_LAB_X\""])
             .env("NB_LAB_X", "kept");
         let wrapped = &mut on_cpu(&cmd, &taskset, cpu);
-        let text = output_of(ChildGuard::spawn("sh", wrapped, &log).expect("spawn"), &log);
+        let text = ChildGuard::spawn("sh", wrapped, &log).expect("spawn").output();
         assert!(text.contains(&format!("Cpus_allowed_list:\t{cpu}\n")), "{text}");
         assert!(text.contains("x=kept"), "{text}");
     }
