@@ -52,14 +52,19 @@ async fn single_backend_serves_and_exits_cleanly_on_sigterm() {
 
 /// Starts the binary with `args` and returns it with the address of the
 /// backend named `id`, read from its start-up log line.
-async fn start_logged(args: &[&str], id: &str) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backend-sim"))
+/// The binary with `args`, logging at `info` to a pipe on its stderr; killed on drop.
+fn spawn_logging(args: &[&str]) -> tokio::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_backend-sim"))
         .args(args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start binary");
+        .expect("start binary")
+}
+
+async fn start_logged(args: &[&str], id: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut child = spawn_logging(args);
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.expect("read log") {
@@ -127,13 +132,7 @@ async fn seed_flag_and_the_fleet_stats_listener() {
     let fleet = std::env::temp_dir().join(format!("nb-sim-stats-{}.yaml", std::process::id()));
     std::fs::write(&fleet, yaml).expect("write fleet file");
     let path = fleet.to_str().expect("UTF-8 path");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backend-sim"))
-        .args(["--fleet", path, "--seed", "5", "--stats-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start binary");
+    let mut child = spawn_logging(&["--fleet", path, "--seed", "5", "--stats-listen", "127.0.0.1:0"]);
     // Backends log their address first, then the stats listener its own.
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let (up, stats_addr) = tokio::time::timeout(Duration::from_secs(30), async {
