@@ -55,7 +55,7 @@ echo
 echo "NeuraBalancer demo: $rate requests/s for ${duration}s per strategy through http://127.0.0.1:8080/"
 echo "backends: backend-1 answers in 2 ms, backend-2 in 5 ms, backend-3 in 20 ms"
 echo
-for strategy in round_robin weighted_round_robin least_connections p2c_ewma; do
+for strategy in round_robin weighted_round_robin least_connections p2c_ewma prequal; do
   sed -i -E "s/strategy: [a-z0-9_]+/strategy: $strategy/" "$work/upstreams.yaml"
   code=$(curl -s -o "$work/reload.json" -w '%{http_code}' -X POST http://127.0.0.1:8090/api/v1/reload)
   if [ "$code" != 200 ]; then echo "demo: reload failed:" >&2; cat "$work/reload.json" >&2; exit 1; fi
@@ -66,7 +66,7 @@ done
 python3 - "$work" <<'PY'
 import json, sys, os
 work = sys.argv[1]
-names = ["round_robin", "weighted_round_robin", "least_connections", "p2c_ewma"]
+names = ["round_robin", "weighted_round_robin", "least_connections", "p2c_ewma", "prequal"]
 rows = [json.load(open(os.path.join(work, n + ".json"))) for n in names]
 print(f"{'strategy':<22}{'requests':>9}{'errors':>8}{'mean ms':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}   share backend-1/2/3")
 for r in rows:
@@ -74,9 +74,10 @@ for r in rows:
     s = " / ".join(f"{100*share.get(b, 0):.0f}%" for b in ("backend-1", "backend-2", "backend-3"))
     print(f"{r['label']:<22}{r['sent']:>9}{r['errors']:>8}{lat['mean']:>9.2f}{lat['p50']:>9.2f}{lat['p90']:>9.2f}{lat['p99']:>9.2f}   {s}")
 print()
-rr, p2c = rows[0]["latency_ms"], rows[-1]["latency_ms"]
-print(f"p2c_ewma learns each backend's latency from live traffic and sends most requests to the fast")
-print(f"ones: mean {p2c['mean']:.2f} ms against {rr['mean']:.2f} ms for round robin, which sends a third to the 20 ms backend.")
+rr, p2c, pq = (rows[names.index(n)]["latency_ms"] for n in ("round_robin", "p2c_ewma", "prequal"))
+print(f"p2c_ewma and prequal learn each backend's latency from live traffic and send most requests to the")
+print(f"fast ones: mean {p2c['mean']:.2f} ms and {pq['mean']:.2f} ms against {rr['mean']:.2f} ms for round robin, which sends a third")
+print(f"to the 20 ms backend.")
 PY
 
 echo

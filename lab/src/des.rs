@@ -51,8 +51,10 @@
 //!   already tried, with one [`nb_strategy::State`] and one seeded `SmallRng`. No backend
 //!   left: the proxy answers 503, or 502 when it tried one that failed.
 //! * The chosen backend's [`Load`] is tracked with an [`InflightGuard`] from the pick until
-//!   the response, the failure or the client's deadline; every backend response (any status)
-//!   feeds `Load::observe(latency of this attempt, now, decay)`. A backend whose profile has
+//!   the response, the failure or the client's deadline; every backend response feeds
+//!   `Params::observe(load, requests in flight when it was sent, latency of this attempt,
+//!   failed, now)`, a 5xx as a failure, as do a reset and a refused connection (the proxy's
+//!   `upstream_response_filter` and `on_backend_error`). A backend whose profile has
 //!   `orca` (the default) reports its load on every response, as `backend-sim` does in the
 //!   `endpoint-load-metrics` header, and the proxy feeds `Load::report(queue, now)`; the
 //!   queue is the FIFO's length as the backend sends the response (a slot its request freed
@@ -69,8 +71,9 @@
 //!   `interval_ms` from the start, a check passes exactly when the backend is up, with the
 //!   proxy's rise/fall rules (backends start pending and take traffic after their first pass).
 //!   Without checks backends are trusted and only passive ejection keeps traffic away.
-//! * `max_retries`, `ewma_decay_ms`, `outlier_detection` and `health_check` are read from
-//!   `scenario.pool` (see [`ProxySettings`]), with the proxy's defaults.
+//! * `max_retries`, `ewma_decay_ms`, `failure_penalty_ms`, `prequal`, `outlier_detection`
+//!   and `health_check` are read from `scenario.pool` (see [`ProxySettings`]), with the
+//!   proxy's defaults.
 //!
 //! # The references
 //!
@@ -165,13 +168,14 @@ pub enum SimStrategy {
 
 impl SimStrategy {
     /// The proxy's strategies, then the references.
-    pub const ALL: [SimStrategy; 8] = [
+    pub const ALL: [SimStrategy; 9] = [
         SimStrategy::Classic(StrategyKind::RoundRobin),
         SimStrategy::Classic(StrategyKind::WeightedRoundRobin),
         SimStrategy::Classic(StrategyKind::LeastConnections),
         SimStrategy::Classic(StrategyKind::Random),
         SimStrategy::Classic(StrategyKind::P2cEwma),
         SimStrategy::Classic(StrategyKind::OrcaLeastDelay),
+        SimStrategy::Classic(StrategyKind::Prequal),
         SimStrategy::Greedy,
         SimStrategy::Clairvoyant,
     ];
@@ -575,6 +579,8 @@ impl Sim {
             params: Params {
                 kind,
                 decay_ns: settings.ewma_decay_ms as f64 * 1e6,
+                failure_penalty_ns: settings.failure_penalty_ms as f64 * 1e6,
+                prequal: settings.prequal,
             },
             state: strategy::State::new(),
             pick_rng: stream(seed, 2),
@@ -820,6 +826,10 @@ impl Sim {
     /// idempotent and nothing reached the client).
     fn backend_error(&mut self, slot: u32, kind: Failure, now: u64) -> bool {
         let b = self.reqs[slot as usize].at;
+        let rtt_ns = now.saturating_sub(self.reqs[slot as usize].attempt_ns) as f64;
+        let rif = self.reqs[slot as usize].guard.as_ref().map_or(0, |g| g.rif());
+        self.params
+            .observe(&self.backends[b as usize].load, rif, rtt_ns, true, now);
         self.passive_failure(b, kind, now);
         let r = &mut self.reqs[slot as usize];
         r.guard = None;
@@ -932,8 +942,10 @@ impl Sim {
         let r = &self.reqs[slot as usize];
         let b = r.at;
         let be = &mut self.backends[b as usize];
-        be.load
-            .observe(now.saturating_sub(r.attempt_ns) as f64, now, self.params.decay_ns);
+        let failed = Failure::of_status(status).is_some();
+        let rif = r.guard.as_ref().map_or(0, |g| g.rif());
+        self.params
+            .observe(&be.load, rif, now.saturating_sub(r.attempt_ns) as f64, failed, now);
         if be.profile.orca {
             be.load.report(be.orca_queue(), now);
         }

@@ -69,6 +69,10 @@ struct ServerRow {
     inflight: u32,
     /// Peak-EWMA response-header latency in ms, decayed to now; null before the first response.
     ewma_latency_ms: Option<f64>,
+    /// What the latency-learning strategies expect a request there to cost, failures
+    /// included: latency × (1 − failure rate) + failure penalty × failure rate; null before
+    /// the first response.
+    expected_ms: Option<f64>,
     error_rate: f64,
     requests: u64,
     /// Latest learned-model score; null until a pool uses the `ml` strategy.
@@ -133,6 +137,7 @@ impl Admin {
             let params = **pool.shared.params.load();
             for s in pool.members().all() {
                 let est = s.load.latency_estimate_ns(now, params.decay_ns);
+                let expected = s.load.expected_ns(now, &params);
                 rows.push(ServerRow {
                     pool: name.clone(),
                     id: s.id().to_string(),
@@ -145,6 +150,7 @@ impl Admin {
                     membership: s.membership(),
                     inflight: s.load.inflight(),
                     ewma_latency_ms: (est > 0.0).then_some(est / 1e6),
+                    expected_ms: (expected > 0.0).then_some(expected / 1e6),
                     error_rate: s.error_rate(),
                     requests: s.requests(),
                     ml_score: None,

@@ -38,7 +38,7 @@ impl Features {
     /// Reads a backend's live state; `decay_ns` is its pool's EWMA decay.
     pub fn of(b: &BackendStats, now_ns: u64, decay_ns: f64) -> Features {
         let est_ns = b.load.latency_estimate_ns(now_ns, decay_ns);
-        let reported = b.reported();
+        let reported = b.reported(now_ns);
         Features {
             inflight: b.load.inflight() as f32,
             latency_ewma_ms: (est_ns > 0.0).then_some((est_ns / 1e6) as f32),
@@ -58,6 +58,7 @@ impl Features {
 mod tests {
     use super::*;
     use crate::orca::LoadReport;
+    use crate::strategy::REPORT_TTL_NS;
 
     #[test]
     fn features_read_live_state_in_fixed_units() {
@@ -89,5 +90,39 @@ mod tests {
         let json = serde_json::to_value(f).expect("json");
         assert_eq!(json["f_latency_ewma_ms"], 25.0);
         assert!(json["f_reported_rps"].is_null());
+    }
+
+    #[test]
+    fn reported_features_expire_and_a_new_report_replaces_the_old_one() {
+        let b = BackendStats::new("p".into(), "b", "127.0.0.1:1".parse().expect("addr"), 1, false);
+        let at = 5_000_000_000;
+        let full = LoadReport {
+            cpu_utilization: Some(0.5),
+            rps_fractional: Some(90.0),
+            queue: Some(4.0),
+        };
+        b.record_report(&full, at);
+        let f = Features::of(&b, at + REPORT_TTL_NS, 1e9);
+        assert_eq!((f.reported_cpu, f.reported_queue), (Some(0.5), Some(4.0)), "fresh");
+        let f = Features::of(&b, at + REPORT_TTL_NS + 1, 1e9);
+        assert_eq!(
+            (f.reported_cpu, f.reported_queue, f.reported_rps),
+            (None, None, None),
+            "a backend that stopped reporting is described by what the proxy measures"
+        );
+        // A later report without a field does not keep the old report's value.
+        let later = at + 2 * REPORT_TTL_NS;
+        b.record_report(
+            &LoadReport {
+                cpu_utilization: Some(0.2),
+                ..LoadReport::default()
+            },
+            later,
+        );
+        let f = Features::of(&b, later, 1e9);
+        assert_eq!(
+            (f.reported_cpu, f.reported_queue, f.reported_rps),
+            (Some(0.2), None, None)
+        );
     }
 }

@@ -173,6 +173,14 @@ fn on_backend_error(ctx: &mut Ctx, mut e: Box<Error>, kind: Failure, retryable: 
         return e;
     };
     ctx.last_failure = Some(e.etype().clone());
+    // A refused connection, a reset or a timeout costs the failure penalty in the latency
+    // estimate, as a 5xx does.
+    let now = clock::now_ns();
+    let rif = ctx.backend_guard.as_ref().map_or(0, |g| g.rif());
+    pool.shared
+        .params
+        .load()
+        .observe(&backend.load, rif, now.saturating_sub(ctx.sent_at_ns) as f64, true, now);
     record_failure(&pool, &backend, kind);
     let cfg = pool.config();
     ctx.backend_guard = None;
@@ -325,13 +333,17 @@ impl ProxyHttp for Proxy {
         }
         if let (Some(pool), Some(backend)) = (&ctx.pool, &ctx.backend) {
             let now = clock::now_ns();
-            let decay = pool.shared.params.load().decay_ns;
             let rtt_ns = now.saturating_sub(ctx.sent_at_ns);
-            backend.load.observe(rtt_ns as f64, now, decay);
+            let failure = Failure::of_status(resp.status.as_u16());
+            let rif = ctx.backend_guard.as_ref().map_or(0, |g| g.rif());
+            pool.shared
+                .params
+                .load()
+                .observe(&backend.load, rif, rtt_ns as f64, failure.is_some(), now);
             if let Some(rec) = &mut ctx.rec {
                 rec.upstream_latency_us = Some((rtt_ns / 1_000) as i64);
             }
-            if let Some(kind) = Failure::of_status(resp.status.as_u16()) {
+            if let Some(kind) = failure {
                 record_failure(pool, backend, kind);
             } else {
                 backend.record_success();

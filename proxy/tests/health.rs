@@ -141,13 +141,17 @@ async fn admin_api_lists_servers_and_metrics_after_traffic() {
             "healthy",
             "inflight",
             "ewma_latency_ms",
+            "expected_ms",
             "error_rate",
             "ml_score",
         ] {
             assert!(s.get(field).is_some(), "{field} missing in {s}");
         }
         assert_eq!(s["pool"], "api");
-        assert!(s["ewma_latency_ms"].as_f64().expect("latency known after traffic") > 0.0);
+        let est = s["ewma_latency_ms"].as_f64().expect("latency known after traffic");
+        assert!(est > 0.0);
+        // No failures: what a request is expected to cost is its latency.
+        assert_eq!(s["expected_ms"].as_f64(), Some(est), "{s}");
     }
     let m = proxy.metrics().await;
     for name in [

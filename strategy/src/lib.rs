@@ -14,6 +14,29 @@
 //! | `random` | weighted random | O(n) |
 //! | `p2c_ewma` | power of two choices over peak-EWMA latency × (in-flight + 1) (Mitzenmacher; Finagle, Linkerd) | O(n) scan for eligibility, two cost reads |
 //! | `orca_least_delay` | least expected delay over every candidate: peak-EWMA latency × (in-flight + the backend's reported queue + 1); ties broken at random | O(n) |
+//! | `prequal` | Prequal's hot-cold lexicographic rule over `probes` sampled candidates (NSDI 2024; see below) | O(n) scan for eligibility, O(`rif_window`) quantile |
+//!
+//! **Failures cost.** Every strategy that learns from latency (`p2c_ewma`,
+//! `orca_least_delay`, `prequal`) prices a backend by what a request sent there is expected
+//! to cost its client, failures included ([`Load::expected_ns`]): `(1 − p) × latency + p ×
+//! failure_penalty`, with `p` the share of recent attempts that failed (an EWMA over
+//! attempts, [`FAILURE_WEIGHT`], decaying while idle). A 503 served in 0.1 ms is no latency
+//! sample: without this, a server that sheds load at once looks like the fastest and holds
+//! nothing in flight, so latency- and connection-based rules pour traffic into it. A slow
+//! failure (a timeout) still raises the latency estimate as a peak. `prequal` keeps its
+//! latency per level of requests in flight, and a failure costs the penalty at the level
+//! where it happened ([`Load::latency_at_rif_ns`]).
+//!
+//! **`prequal`.** Prequal (Wydrowski, Kleinberg, Rumble, "Load is not what you should
+//! balance", NSDI 2024) probes `d` servers for their requests in flight (RIF) and their
+//! latency at that RIF; those whose RIF is above the `Q_RIF` quantile of recent probes are
+//! hot; it picks the cold one with the lowest latency, or, when all are hot, the one with
+//! the fewest in flight. A proxy in front of its servers already knows both without
+//! probing: the RIF is our requests in flight there plus the queue of a fresh ORCA report
+//! ([`Load::ahead`]), and the latency is the recent average for requests sent at the
+//! current level of our requests in flight ([`Load::expected_at_rif_ns`]). Defaults
+//! ([`PrequalParams`]): 3 probes, hot above the 0.84 quantile of the last 16 sampled RIF
+//! values, latency averaged over about 16 responses per level; all per pool.
 //!
 //! `orca_least_delay` is the classic strategy that uses what backends report about their own
 //! load (ORCA `named_metrics.queue`, fed through [`Load::report`]), so that a learned
@@ -42,13 +65,13 @@ mod load;
 mod wrr;
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-pub use load::{InflightGuard, Load, NO_HISTORY_PENALTY_NS, REPORT_TTL_NS};
+pub use load::{InflightGuard, Load, FAILURE_WEIGHT, NO_HISTORY_PENALTY_NS, REPORT_TTL_NS};
 pub use wrr::Schedule;
 
 /// The strategies a pool can use.
@@ -61,16 +84,18 @@ pub enum StrategyKind {
     Random,
     P2cEwma,
     OrcaLeastDelay,
+    Prequal,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 6] = [
+    pub const ALL: [StrategyKind; 7] = [
         StrategyKind::RoundRobin,
         StrategyKind::WeightedRoundRobin,
         StrategyKind::LeastConnections,
         StrategyKind::Random,
         StrategyKind::P2cEwma,
         StrategyKind::OrcaLeastDelay,
+        StrategyKind::Prequal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +106,7 @@ impl StrategyKind {
             StrategyKind::Random => "random",
             StrategyKind::P2cEwma => "p2c_ewma",
             StrategyKind::OrcaLeastDelay => "orca_least_delay",
+            StrategyKind::Prequal => "prequal",
         }
     }
 }
@@ -118,6 +144,106 @@ pub struct Params {
     pub kind: StrategyKind,
     /// Peak-EWMA decay time in ns.
     pub decay_ns: f64,
+    /// What a failed attempt costs, weighted by the failure rate in the expected cost
+    /// ([`Load::expected_ns`]).
+    pub failure_penalty_ns: f64,
+    pub prequal: PrequalParams,
+}
+
+impl Params {
+    /// `kind` with every other parameter at its default.
+    pub fn new(kind: StrategyKind) -> Self {
+        Params {
+            kind,
+            decay_ns: DEFAULT_DECAY_MS as f64 * 1e6,
+            failure_penalty_ns: DEFAULT_FAILURE_PENALTY_MS as f64 * 1e6,
+            prequal: PrequalParams::default(),
+        }
+    }
+
+    /// Feeds the end of one attempt at a backend (its time to the response header, or to
+    /// the failure) into the backend's estimates; `rif` is [`InflightGuard::rif`].
+    pub fn observe(&self, load: &Load, rif: u32, rtt_ns: f64, failed: bool, now_ns: u64) {
+        let alpha = 2.0 / (f64::from(self.prequal.latency_window) + 1.0);
+        if failed {
+            load.observe_failure(rtt_ns, now_ns);
+            load.observe_at_rif(rif, rtt_ns.max(self.failure_penalty_ns), alpha);
+        } else {
+            load.observe(rtt_ns, now_ns, self.decay_ns);
+            load.observe_at_rif(rif, rtt_ns, alpha);
+        }
+    }
+}
+
+/// Default peak-EWMA decay time (a pool's `ewma_decay_ms`): 10 s, as Finagle and Linkerd.
+pub const DEFAULT_DECAY_MS: u64 = 10_000;
+
+/// Default failure penalty (a pool's `failure_penalty_ms`): 2 s, about what a failed request
+/// costs a client that waited for it and tries again (a typical 1 s timeout and the retry).
+/// It has to outweigh the latency estimates of healthy servers, and peak-EWMA estimates
+/// sit near the recent maximum latency, several times the mean: on the lab's sinkhole
+/// fleet (`s3`), healthy servers' estimates reach hundreds of milliseconds and a 1 s
+/// penalty let `p2c_ewma` keep sending the sinkhole 2 % of requests (1.15 % errors in the
+/// model; 0.10 % at 2 s). A larger one shuns a server that shed load once for longer, which
+/// costs where shedding is momentary (`s6`: `p2c_ewma` 3.3 % errors at 1 s, 3.4 % at 2 s,
+/// 4.0 % at 5 s).
+pub const DEFAULT_FAILURE_PENALTY_MS: u64 = 2_000;
+
+/// `prequal`'s parameters, as a pool's `prequal` section spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrequalParams {
+    /// Candidates sampled per decision (the paper's probes, d).
+    pub probes: u32,
+    /// A candidate is hot when its requests in flight exceed this quantile of the recently
+    /// sampled values (the paper's Q_RIF).
+    pub hot_quantile: f64,
+    /// How many recent samples that quantile is taken over (the paper's probe pool).
+    pub rif_window: u32,
+    /// How many recent responses at a level of requests in flight the latency estimate
+    /// averages over.
+    pub latency_window: u32,
+}
+
+/// The largest `rif_window` a pool may set.
+pub const PREQUAL_MAX_WINDOW: u32 = 128;
+/// The largest `latency_window` a pool may set.
+pub const PREQUAL_MAX_LATENCY_WINDOW: u32 = 100_000;
+/// The largest `probes` a pool may set.
+pub const PREQUAL_MAX_PROBES: u32 = 16;
+
+impl PrequalParams {
+    /// What is wrong with these values, if anything: `(key, reason)`.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if !(1..=PREQUAL_MAX_PROBES).contains(&self.probes) {
+            errs.push(("probes", format!("must be between 1 and {PREQUAL_MAX_PROBES}")));
+        }
+        if !(self.hot_quantile > 0.0 && self.hot_quantile <= 1.0) {
+            errs.push(("hot_quantile", "must be above 0 and at most 1".to_string()));
+        }
+        if !(1..=PREQUAL_MAX_WINDOW).contains(&self.rif_window) {
+            errs.push(("rif_window", format!("must be between 1 and {PREQUAL_MAX_WINDOW}")));
+        }
+        if !(1..=PREQUAL_MAX_LATENCY_WINDOW).contains(&self.latency_window) {
+            errs.push((
+                "latency_window",
+                format!("must be between 1 and {PREQUAL_MAX_LATENCY_WINDOW}"),
+            ));
+        }
+        errs
+    }
+}
+
+impl Default for PrequalParams {
+    fn default() -> Self {
+        PrequalParams {
+            probes: 3,
+            hot_quantile: 0.84,
+            rif_window: 16,
+            latency_window: 16,
+        }
+    }
 }
 
 /// Per-membership state of the stateful strategies; rebuilt when membership or weights
@@ -126,6 +252,7 @@ pub struct Params {
 pub struct State {
     next: AtomicUsize,
     schedule: OnceLock<Schedule>,
+    rif: RifWindow,
 }
 
 impl State {
@@ -158,8 +285,9 @@ pub fn pick<C: Candidates + ?Sized, R: Rng + ?Sized>(
         }
         StrategyKind::LeastConnections => least_connections(c, rng),
         StrategyKind::Random => weighted_random(c, rng),
-        StrategyKind::P2cEwma => p2c(c, now_ns, params.decay_ns, rng),
-        StrategyKind::OrcaLeastDelay => least_by(c, rng, |l| l.delay_cost(now_ns, params.decay_ns)),
+        StrategyKind::P2cEwma => p2c(c, now_ns, params, rng),
+        StrategyKind::OrcaLeastDelay => least_by(c, rng, |l| l.delay_cost(now_ns, params)),
+        StrategyKind::Prequal => prequal(params, &state.rif, c, now_ns, rng),
     }
 }
 
@@ -244,7 +372,7 @@ fn nth_eligible<C: Candidates + ?Sized>(c: &C, k: usize) -> Option<usize> {
     (0..c.len()).filter(|&i| c.eligible(i)).nth(k)
 }
 
-fn p2c<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, now_ns: u64, decay_ns: f64, rng: &mut R) -> Option<usize> {
+fn p2c<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, now_ns: u64, params: &Params, rng: &mut R) -> Option<usize> {
     let n = (0..c.len()).filter(|&i| c.eligible(i)).count();
     match n {
         0 => None,
@@ -256,7 +384,7 @@ fn p2c<C: Candidates + ?Sized, R: Rng + ?Sized>(c: &C, now_ns: u64, decay_ns: f6
                 b += 1;
             }
             let (a, b) = (nth_eligible(c, a)?, nth_eligible(c, b)?);
-            let (ca, cb) = (c.load(a).cost(now_ns, decay_ns), c.load(b).cost(now_ns, decay_ns));
+            let (ca, cb) = (c.load(a).cost(now_ns, params), c.load(b).cost(now_ns, params));
             Some(if cb < ca { b } else { a })
         }
     }
@@ -291,6 +419,139 @@ where
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// The requests-in-flight values `prequal` sampled last, newest overwriting oldest: the
+/// distribution its hot threshold is a quantile of. Lock-free: each sample takes a slot with
+/// one `fetch_add`; a reader that races a writer sees the slot's old or new value.
+#[derive(Debug)]
+struct RifWindow {
+    next: AtomicUsize,
+    samples: Box<[AtomicU32]>,
+}
+
+impl Default for RifWindow {
+    fn default() -> Self {
+        RifWindow {
+            next: AtomicUsize::new(0),
+            samples: (0..PREQUAL_MAX_WINDOW).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+impl RifWindow {
+    fn push(&self, rif: u32) {
+        let i = self.next.fetch_add(1, Relaxed) % self.samples.len();
+        self.samples[i].store(rif, Relaxed);
+    }
+
+    /// The `q`-quantile (nearest rank, rounded up) of the last `window` samples, or of all of
+    /// them while fewer were taken.
+    fn quantile(&self, q: f64, window: u32) -> u32 {
+        let len = self.samples.len();
+        let taken = self.next.load(Relaxed);
+        let n = taken.min(window as usize).clamp(1, len);
+        let mut buf = [0u32; PREQUAL_MAX_WINDOW as usize];
+        for (k, slot) in buf.iter_mut().take(n).enumerate() {
+            // The n most recent slots, ending just before `taken`.
+            let at = (taken + len - 1 - k) % len;
+            *slot = self.samples[at].load(Relaxed);
+        }
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+        *buf[..n].select_nth_unstable(rank).1
+    }
+}
+
+/// Prequal's hot-cold lexicographic rule (Wydrowski, Kleinberg, Rumble, "Load is not what
+/// you should balance: Introducing Prequal", NSDI 2024), with the proxy's own view in place
+/// of probes: sample `probes` distinct eligible candidates; record their requests in flight
+/// (ours plus a fresh reported queue, [`Load::ahead`]); those above the `hot_quantile` of
+/// the last `rif_window` recorded values are hot. Pick the cold candidate with the lowest
+/// latency estimate (fewer in flight, then chance, breaking ties); when every candidate is
+/// hot, the one with the fewest in flight (lower estimate, then chance, breaking ties).
+fn prequal<C: Candidates + ?Sized, R: Rng + ?Sized>(
+    params: &Params,
+    window: &RifWindow,
+    c: &C,
+    now_ns: u64,
+    rng: &mut R,
+) -> Option<usize> {
+    let p = &params.prequal;
+    let m = (0..c.len()).filter(|&i| c.eligible(i)).count();
+    let d = (p.probes.max(1) as usize).min(m).min(PREQUAL_MAX_PROBES as usize);
+    if d == 0 {
+        return None;
+    }
+    // d distinct ranks among the eligible, by rejection (d is small).
+    let mut ranks = [0usize; PREQUAL_MAX_PROBES as usize];
+    let mut k = 0;
+    while k < d {
+        let r = rng.random_range(0..m);
+        if !ranks[..k].contains(&r) {
+            ranks[k] = r;
+            k += 1;
+        }
+    }
+    ranks[..d].sort_unstable();
+    // Map the sorted ranks to candidate indices in one pass.
+    let mut probes = [(0usize, 0u32, 0f64); PREQUAL_MAX_PROBES as usize];
+    let (mut seen, mut k) = (0, 0);
+    for i in 0..c.len() {
+        if k == d {
+            break;
+        }
+        if !c.eligible(i) {
+            continue;
+        }
+        if seen == ranks[k] {
+            let load = c.load(i);
+            let rif = load.ahead(now_ns);
+            window.push(rif);
+            probes[k] = (i, rif, load.expected_at_rif_ns());
+            k += 1;
+        }
+        seen += 1;
+    }
+    let probes = &probes[..d];
+    let threshold = window.quantile(p.hot_quantile, p.rif_window);
+    let mut best: Option<(usize, bool, u32, f64)> = None;
+    let mut ties = 0u32;
+    for &(i, rif, est) in probes {
+        let hot = rif > threshold;
+        // Lexicographic: cold before hot; among cold, latency then requests in flight;
+        // among hot, requests in flight then latency.
+        let key = |hot: bool, rif: u32, est: f64| {
+            if hot {
+                (1, rif as f64, est)
+            } else {
+                (0, est, rif as f64)
+            }
+        };
+        let this = key(hot, rif, est);
+        match best {
+            Some((_, bh, br, be)) => {
+                let that = key(bh, br, be);
+                match this.partial_cmp(&that) {
+                    Some(std::cmp::Ordering::Less) => {
+                        best = Some((i, hot, rif, est));
+                        ties = 1;
+                    }
+                    Some(std::cmp::Ordering::Equal) => {
+                        ties += 1;
+                        if rng.random_range(0..ties) == 0 {
+                            best = Some((i, hot, rif, est));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                best = Some((i, hot, rif, est));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(i, ..)| i)
 }
 
 #[cfg(test)]

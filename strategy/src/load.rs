@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::Params;
+
 /// Cost of a backend with no latency history that already has requests in flight: high, so
 /// we do not pile onto an unknown server, but finite, so it still gets its first samples
 /// (Finagle's `Penalty`).
@@ -20,6 +22,16 @@ pub const NO_HISTORY_PENALTY_NS: f64 = 1e12;
 /// idle for us (its in-flight count says so) or no longer reporting, and what it said then
 /// no longer describes it.
 pub const REPORT_TTL_NS: u64 = 1_000_000_000;
+
+/// How far one attempt moves a backend's failure rate: an EWMA over attempts with this
+/// weight, so the last ~16 attempts count most. One fast 503 after a run of successes makes
+/// the next request there look 1/16 of the failure penalty dearer (125 ms at the default
+/// 2 s), enough to steer the next requests elsewhere while a full server stays full;
+/// 16 successes take most of it back.
+pub const FAILURE_WEIGHT: f64 = 1.0 / 16.0;
+
+/// Levels of requests in flight the latency is kept for (0..=14, and 15 or more).
+pub const RIF_BUCKETS: usize = 16;
 
 /// `report_ns` of a backend that never reported.
 const NEVER: u64 = u64::MAX;
@@ -32,6 +44,11 @@ pub struct Load {
     ewma_bits: AtomicU64,
     /// Time (ns on the caller's clock) of the last observation.
     stamp_ns: AtomicU64,
+    /// Share of recent attempts that failed, as f64 bits (see [`Load::failure_rate`]).
+    failure_bits: AtomicU64,
+    /// Recent successful latency in ns by our requests in flight when each was sent (f64
+    /// bits, 0 = none yet); see [`Load::latency_at_rif_ns`].
+    by_rif: [AtomicU64; RIF_BUCKETS],
     /// The queue length of the latest report.
     reported_queue: AtomicU32,
     /// Time of the latest report, [`NEVER`] before the first.
@@ -44,6 +61,8 @@ impl Default for Load {
             inflight: AtomicU32::new(0),
             ewma_bits: AtomicU64::new(0),
             stamp_ns: AtomicU64::new(0),
+            failure_bits: AtomicU64::new(0),
+            by_rif: std::array::from_fn(|_| AtomicU64::new(0)),
             reported_queue: AtomicU32::new(0),
             report_ns: AtomicU64::new(NEVER),
         }
@@ -62,8 +81,8 @@ impl Load {
     /// Counts a request in flight until the returned guard drops (success, error or
     /// cancellation alike).
     pub fn track(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Relaxed);
-        InflightGuard(Arc::clone(self))
+        let rif = self.inflight.fetch_add(1, Relaxed);
+        InflightGuard(Arc::clone(self), rif)
     }
 
     /// The raw estimate in ns (0 = no history), without decay.
@@ -82,9 +101,14 @@ impl Load {
         ewma * (-dt / decay_ns).exp()
     }
 
-    /// Records one latency sample. A sample above the estimate replaces it at once (the
-    /// "peak"); lower samples pull it down with weight `1 - exp(-dt/decay)`.
+    /// Records one successful attempt's latency. A sample above the estimate replaces it at
+    /// once (the "peak"); lower samples pull it down with weight `1 - exp(-dt/decay)`. The
+    /// failure rate moves towards 0 by [`FAILURE_WEIGHT`].
     pub fn observe(&self, rtt_ns: f64, now_ns: u64, decay_ns: f64) {
+        let p = self.failure_rate_raw();
+        if p != 0.0 {
+            self.failure_bits.store((p * (1.0 - FAILURE_WEIGHT)).to_bits(), Relaxed);
+        }
         let prev = self.ewma_ns();
         let last = self.stamp_ns.swap(now_ns, Relaxed);
         let next = if prev == 0.0 || rtt_ns > prev {
@@ -96,24 +120,114 @@ impl Load {
         self.ewma_bits.store(next.max(1.0).to_bits(), Relaxed);
     }
 
-    /// Peak-EWMA cost: estimated latency × (in-flight + 1). Backends without history cost 0
-    /// while idle (probe them) and [`NO_HISTORY_PENALTY_NS`] per request while busy.
-    pub fn cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        self.latency_times(self.inflight() as f64, now_ns, decay_ns)
+    /// Records a failed attempt (a 5xx, a reset, a timeout, a refused connection) that
+    /// ended after `rtt_ns`. The failure rate moves towards 1 by [`FAILURE_WEIGHT`]. The
+    /// latency estimate takes the attempt's time only as a peak: a failure that took long
+    /// (a timeout) says the backend is slow, a fast one says nothing about how fast it
+    /// answers and never pulls the estimate down.
+    pub fn observe_failure(&self, rtt_ns: f64, now_ns: u64) {
+        let p = self.failure_rate_raw();
+        self.failure_bits
+            .store((p + (1.0 - p) * FAILURE_WEIGHT).to_bits(), Relaxed);
+        self.stamp_ns.store(now_ns, Relaxed);
+        if rtt_ns > self.ewma_ns() {
+            self.ewma_bits.store(rtt_ns.max(1.0).to_bits(), Relaxed);
+        }
     }
 
-    /// Cost of `orca_least_delay`: estimated latency × (in-flight + reported queue + 1), the
+    fn failure_rate_raw(&self) -> f64 {
+        f64::from_bits(self.failure_bits.load(Relaxed))
+    }
+
+    /// The share of recent attempts that failed (an EWMA over attempts, weight
+    /// [`FAILURE_WEIGHT`]), decayed towards zero for the time since the last observation
+    /// like the latency estimate, so that a backend that failed and was then avoided is
+    /// tried again after a while.
+    pub fn failure_rate(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        let p = self.failure_rate_raw();
+        if p == 0.0 {
+            return 0.0;
+        }
+        let dt = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
+        p * (-dt / decay_ns).exp()
+    }
+
+    /// What the next request here is expected to cost its client, failures included:
+    /// `(1 − p) × latency + p × penalty`, with `p` the [`Load::failure_rate`] and the
+    /// penalty `params.failure_penalty_ns`. A backend that sheds load with a 503 in 0.1 ms
+    /// thus looks as costly as its failures are, never faster than one that answers. 0
+    /// while the backend has neither latency history nor recent failures.
+    pub fn expected_ns(&self, now_ns: u64, params: &Params) -> f64 {
+        let p = self.failure_rate(now_ns, params.decay_ns);
+        let est = self.latency_estimate_ns(now_ns, params.decay_ns);
+        (1.0 - p) * est + p * params.failure_penalty_ns
+    }
+
+    /// Records a successful attempt's latency in the average of its RIF bucket: the
+    /// requests we had in flight at this backend when it was sent (`rif`, from its
+    /// [`InflightGuard`]), weight `alpha` per response (`2 / (window + 1)` averages over
+    /// about `window` responses).
+    pub fn observe_at_rif(&self, rif: u32, rtt_ns: f64, alpha: f64) {
+        let cell = &self.by_rif[(rif as usize).min(RIF_BUCKETS - 1)];
+        let prev = f64::from_bits(cell.load(Relaxed));
+        let next = if prev == 0.0 {
+            rtt_ns
+        } else {
+            prev + alpha * (rtt_ns - prev)
+        };
+        cell.store(next.max(1.0).to_bits(), Relaxed);
+    }
+
+    /// Recent latency of requests sent while `rif` of ours were in flight here (Prequal's
+    /// latency estimate, which a server gives for its current requests in flight). A level
+    /// without samples takes the nearest one that has some, the lower first; 0 when there
+    /// is none at all.
+    pub fn latency_at_rif_ns(&self, rif: u32) -> f64 {
+        let at = (rif as usize).min(RIF_BUCKETS - 1);
+        let get = |i: usize| f64::from_bits(self.by_rif[i].load(Relaxed));
+        for d in 0..RIF_BUCKETS {
+            if let Some(v) = at.checked_sub(d).map(get).filter(|&v| v != 0.0) {
+                return v;
+            }
+            if let Some(v) = (at + d < RIF_BUCKETS).then(|| get(at + d)).filter(|&v| v != 0.0) {
+                return v;
+            }
+        }
+        0.0
+    }
+
+    /// [`Load::expected_ns`] with the latency at the current requests in flight
+    /// ([`Load::latency_at_rif_ns`]) in place of the peak-EWMA estimate: `prequal`'s
+    /// latency estimate.
+    pub fn expected_at_rif_ns(&self) -> f64 {
+        self.latency_at_rif_ns(self.inflight())
+    }
+
+    /// Requests known to be ahead of a new one at this backend: ours in flight plus the
+    /// queue of its fresh load report (none when the report expired or never came). Our own
+    /// waiting requests count twice (see [`Load::delay_cost`]).
+    pub fn ahead(&self, now_ns: u64) -> u32 {
+        self.inflight().saturating_add(self.reported_queue(now_ns).unwrap_or(0))
+    }
+
+    /// Peak-EWMA cost: expected cost ([`Load::expected_ns`]) × (in-flight + 1). Backends
+    /// without history cost 0 while idle (probe them) and [`NO_HISTORY_PENALTY_NS`] per
+    /// request while busy.
+    pub fn cost(&self, now_ns: u64, params: &Params) -> f64 {
+        self.expected_times(self.inflight() as f64, now_ns, params)
+    }
+
+    /// Cost of `orca_least_delay`: expected cost × (in-flight + reported queue + 1), the
     /// expected delay behind every request we know to be ahead: ours in flight, and those the
     /// backend's fresh report says are waiting for a slot. Without a fresh report it is
-    /// [`Load::cost`]; without latency history, [`NO_HISTORY_PENALTY_NS`] per request ahead.
-    pub fn delay_cost(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        let queue = self.reported_queue(now_ns).unwrap_or(0);
-        self.latency_times(f64::from(self.inflight()) + f64::from(queue), now_ns, decay_ns)
+    /// [`Load::cost`]; without history, [`NO_HISTORY_PENALTY_NS`] per request ahead.
+    pub fn delay_cost(&self, now_ns: u64, params: &Params) -> f64 {
+        self.expected_times(f64::from(self.ahead(now_ns)), now_ns, params)
     }
 
-    /// Estimated latency × (`ahead` + 1), or [`NO_HISTORY_PENALTY_NS`] × `ahead` without history.
-    fn latency_times(&self, ahead: f64, now_ns: u64, decay_ns: f64) -> f64 {
-        let est = self.latency_estimate_ns(now_ns, decay_ns);
+    /// Expected cost × (`ahead` + 1), or [`NO_HISTORY_PENALTY_NS`] × `ahead` without history.
+    fn expected_times(&self, ahead: f64, now_ns: u64, params: &Params) -> f64 {
+        let est = self.expected_ns(now_ns, params);
         if est == 0.0 {
             NO_HISTORY_PENALTY_NS * ahead
         } else {
@@ -141,11 +255,16 @@ impl Load {
 
 /// RAII in-flight count; see [`Load::track`].
 #[derive(Debug)]
-pub struct InflightGuard(Arc<Load>);
+pub struct InflightGuard(Arc<Load>, u32);
 
 impl InflightGuard {
     pub fn load(&self) -> &Arc<Load> {
         &self.0
+    }
+
+    /// Our requests in flight at the backend when this one was sent (itself not counted).
+    pub fn rif(&self) -> u32 {
+        self.1
     }
 }
 
@@ -189,11 +308,12 @@ mod tests {
     #[test]
     fn cost_penalises_busy_backends_without_history() {
         let l = Load::new();
-        assert_eq!(l.cost(0, 1e10), 0.0);
+        let p = Params::new(crate::StrategyKind::P2cEwma);
+        assert_eq!(l.cost(0, &p), 0.0);
         let _g = l.track();
-        assert_eq!(l.cost(0, 1e10), NO_HISTORY_PENALTY_NS);
+        assert_eq!(l.cost(0, &p), NO_HISTORY_PENALTY_NS);
         l.observe(2e6, 0, 1e10);
-        assert_eq!(l.cost(0, 1e10), 4e6);
+        assert_eq!(l.cost(0, &p), 4e6);
     }
 
     #[test]
@@ -213,18 +333,15 @@ mod tests {
         let l = Load::new();
         let _busy = [l.track(), l.track()];
         l.report(4, 0);
+        let p = Params::new(crate::StrategyKind::OrcaLeastDelay);
         assert_eq!(
-            l.delay_cost(0, 1e10),
+            l.delay_cost(0, &p),
             NO_HISTORY_PENALTY_NS * 6.0,
             "no history, six ahead"
         );
         l.observe(3e6, 0, 1e10);
-        assert_eq!(l.delay_cost(0, 1e10), 3e6 * 7.0);
+        assert_eq!(l.delay_cost(0, &p), 3e6 * 7.0);
         let later = REPORT_TTL_NS + 1;
-        assert_eq!(
-            l.delay_cost(later, 1e10),
-            l.cost(later, 1e10),
-            "expired: the p2c_ewma cost"
-        );
+        assert_eq!(l.delay_cost(later, &p), l.cost(later, &p), "expired: the p2c_ewma cost");
     }
 }

@@ -38,7 +38,7 @@ impl Candidates for Fleet {
 }
 
 fn params(kind: StrategyKind) -> Params {
-    Params { kind, decay_ns: 10e9 }
+    Params::new(kind)
 }
 
 fn counts(kind: StrategyKind, f: &Fleet, n: usize) -> Vec<usize> {
@@ -48,11 +48,14 @@ fn counts(kind: StrategyKind, f: &Fleet, n: usize) -> Vec<usize> {
 /// How often each candidate is picked in `n` picks at time `now_ns` (the picks are not
 /// tracked, so the load stays as the test set it).
 fn counts_at(kind: StrategyKind, f: &Fleet, n: usize, now_ns: u64) -> Vec<usize> {
-    let state = State::new();
+    counts_with(&params(kind), &State::new(), f, n, now_ns)
+}
+
+fn counts_with(p: &Params, state: &State, f: &Fleet, n: usize, now_ns: u64) -> Vec<usize> {
     let mut rng = SmallRng::seed_from_u64(7);
     let mut out = vec![0; f.len()];
     for _ in 0..n {
-        out[pick(&params(kind), &state, f, now_ns, &mut rng).expect("a pick")] += 1;
+        out[pick(p, state, f, now_ns, &mut rng).expect("a pick")] += 1;
     }
     out
 }
@@ -213,7 +216,8 @@ fn orca_least_delay_without_reports_takes_the_least_p2c_ewma_cost() {
     // (backends 1 and 2 tie there).
     assert_eq!(counts(StrategyKind::OrcaLeastDelay, &f, 100), vec![0, 100, 0, 0]);
     for l in &f.loads {
-        assert_eq!(l.delay_cost(0, 10e9), l.cost(0, 10e9));
+        let p = params(StrategyKind::OrcaLeastDelay);
+        assert_eq!(l.delay_cost(0, &p), l.cost(0, &p));
     }
 }
 
@@ -236,6 +240,270 @@ fn orca_least_delay_spreads_ties() {
             "history {history}, report {report:?}: {c:?}"
         );
     }
+}
+
+/// `prequal` with every candidate sampled (`probes` = the fleet's size) and a hot quantile.
+fn prequal_all(n: usize, hot_quantile: f64) -> Params {
+    Params {
+        prequal: PrequalParams {
+            probes: n as u32,
+            hot_quantile,
+            ..PrequalParams::default()
+        },
+        ..Params::new(StrategyKind::Prequal)
+    }
+}
+
+/// Recent latencies (of requests sent while none were in flight) of 5, 1, 3 and 2 ms.
+fn prequal_fleet() -> Fleet {
+    let f = Fleet::new(&[1, 1, 1, 1]);
+    for (l, ms) in f.loads.iter().zip([5.0, 1.0, 3.0, 2.0]) {
+        params(StrategyKind::Prequal).observe(l, 0, ms * 1e6, false, 0);
+    }
+    f
+}
+
+#[test]
+fn prequal_picks_the_fastest_cold_candidate() {
+    let f = prequal_fleet();
+    let state = State::new();
+    let p = prequal_all(4, 0.8);
+    // All idle: all cold, the lowest latency estimate wins.
+    assert_eq!(counts_with(&p, &state, &f, 10, 0), vec![0, 10, 0, 0]);
+    // The fastest gets busy: above the quantile of recent samples (all zeros but its own)
+    // it is hot, and the fastest cold one takes over, however fast the hot one is.
+    let _busy = [f.loads[1].track(), f.loads[1].track()];
+    assert_eq!(counts_with(&p, &state, &f, 3, 0), vec![0, 0, 0, 3]);
+    // The threshold follows the samples: once 4 of the last 16 are 2, the 0.8-quantile
+    // (the 13th of 16) is 2, so 2 in flight is no longer above it: the fastest is cold again.
+    assert_eq!(counts_with(&p, &state, &f, 1, 0), vec![0, 1, 0, 0]);
+}
+
+#[test]
+fn prequal_takes_the_fewest_in_flight_when_every_candidate_is_hot() {
+    let f = prequal_fleet();
+    let state = State::new();
+    // A low quantile of a window full of idle samples: any request in flight is hot.
+    let p = prequal_all(4, 0.5);
+    assert_eq!(counts_with(&p, &state, &f, 16, 0), vec![0, 16, 0, 0]);
+    let _busy: Vec<_> = [(0, 1), (1, 3), (2, 2), (3, 4)]
+        .into_iter()
+        .flat_map(|(i, k)| (0..k).map(|_| f.loads[i].track()).collect::<Vec<_>>())
+        .collect();
+    // The first pick sees 12 zeros and 1, 3, 2, 4 in its window: all hot. The slowest has
+    // the fewest in flight and wins over the fastest, as the lexicographic rule says.
+    assert_eq!(counts_with(&p, &state, &f, 1, 0), vec![1, 0, 0, 0]);
+}
+
+#[test]
+fn prequal_hot_threshold_tracks_the_recent_quantile() {
+    let w = RifWindow::default();
+    assert_eq!(w.quantile(0.84, 16), 0, "nothing sampled yet");
+    for v in [5, 1, 4, 2, 3] {
+        w.push(v);
+    }
+    // Fewer samples than the window: the quantile of those there are (1..=5).
+    assert_eq!(w.quantile(0.5, 16), 3);
+    assert_eq!(w.quantile(0.84, 16), 5);
+    assert_eq!(w.quantile(1.0, 16), 5);
+    assert_eq!(w.quantile(0.2, 16), 1);
+    // Only the most recent `window` samples count: the last three are 4, 2, 3.
+    assert_eq!(w.quantile(1.0, 3), 4);
+    assert_eq!(w.quantile(0.33, 3), 2);
+    assert_eq!(w.quantile(0.34, 3), 3);
+    // Old samples age out as new ones come.
+    for _ in 0..16 {
+        w.push(9);
+    }
+    assert_eq!(w.quantile(0.1, 16), 9);
+    // The ring wraps without losing the newest values.
+    for v in 0..(PREQUAL_MAX_WINDOW + 3) {
+        w.push(v);
+    }
+    assert_eq!(w.quantile(1.0, 4), PREQUAL_MAX_WINDOW + 2);
+    assert_eq!(w.quantile(0.25, 4), PREQUAL_MAX_WINDOW - 1);
+}
+
+#[test]
+fn prequal_spreads_ties_and_samples_only_eligible_candidates() {
+    // Equal candidates share the traffic, whether two or all of them are sampled.
+    for probes in [2, 3, 5] {
+        let f = equally_fast(5);
+        let p = Params {
+            prequal: PrequalParams {
+                probes,
+                ..PrequalParams::default()
+            },
+            ..Params::new(StrategyKind::Prequal)
+        };
+        let c = counts_with(&p, &State::new(), &f, 5000, 0);
+        assert!(c.iter().all(|&x| x > 850), "probes {probes}: {c:?}");
+    }
+    // More probes than eligible candidates: every eligible one is sampled, no other.
+    let mut f = prequal_fleet();
+    f.eligible = vec![true, false, true, false];
+    assert_eq!(
+        counts_with(&prequal_all(16, 0.84), &State::new(), &f, 20, 0),
+        vec![0, 0, 20, 0]
+    );
+    f.eligible = vec![true, false, false, false];
+    assert_eq!(
+        counts_with(&prequal_all(3, 0.84), &State::new(), &f, 5, 0),
+        vec![5, 0, 0, 0]
+    );
+}
+
+#[test]
+fn prequal_counts_a_fresh_reported_queue_as_requests_in_flight() {
+    let f = prequal_fleet();
+    let p = prequal_all(4, 0.75);
+    // The fastest reports a queue of 3: hot while the report is fresh, cold again after.
+    f.loads[1].report(3, 0);
+    assert_eq!(counts_with(&p, &State::new(), &f, 10, REPORT_TTL_NS), vec![0, 0, 0, 10]);
+    assert_eq!(
+        counts_with(&p, &State::new(), &f, 10, REPORT_TTL_NS + 1),
+        vec![0, 10, 0, 0]
+    );
+}
+
+#[test]
+fn prequal_parameters_are_checked() {
+    assert!(PrequalParams::default().check().is_empty());
+    let bad = PrequalParams {
+        probes: 0,
+        hot_quantile: 1.5,
+        rif_window: PREQUAL_MAX_WINDOW + 1,
+        latency_window: 0,
+    };
+    let keys: Vec<_> = bad.check().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["probes", "hot_quantile", "rif_window", "latency_window"]);
+    assert_eq!(
+        PrequalParams {
+            hot_quantile: f64::NAN,
+            ..PrequalParams::default()
+        }
+        .check()[0]
+            .0,
+        "hot_quantile"
+    );
+}
+
+/// Two backends serving in 20 ms; backend 1 also sheds half its requests with a 503 in
+/// 0.1 ms. Feeds `rounds` alternating observations through `Params::observe`.
+fn shedding_pair(p: &Params, rounds: u64) -> Fleet {
+    let f = Fleet::new(&[1, 1]);
+    for k in 0..rounds {
+        let now = k * 5_000_000;
+        p.observe(&f.loads[0], 0, 20e6, false, now);
+        if k % 2 == 0 {
+            p.observe(&f.loads[1], 0, 0.1e6, true, now);
+        } else {
+            p.observe(&f.loads[1], 0, 20e6, false, now);
+        }
+    }
+    f
+}
+
+#[test]
+fn a_fast_failure_is_not_a_fast_answer() {
+    // The healthy backend holds a request; the shedding one answered all of its own at once.
+    for kind in [
+        StrategyKind::P2cEwma,
+        StrategyKind::OrcaLeastDelay,
+        StrategyKind::Prequal,
+    ] {
+        let p = params(kind);
+        let f = shedding_pair(&p, 2000);
+        let _busy = f.loads[0].track();
+        let now = 2000 * 5_000_000;
+        let (ok, shed) = if kind == StrategyKind::Prequal {
+            (f.loads[0].expected_at_rif_ns(), f.loads[1].expected_at_rif_ns())
+        } else {
+            (f.loads[0].expected_ns(now, &p), f.loads[1].expected_ns(now, &p))
+        };
+        assert!(shed > 10.0 * ok, "{kind}: shedding {shed} ns, healthy {ok} ns");
+        let c = counts_with(&p, &State::new(), &f, 100, now);
+        assert_eq!(c, vec![100, 0], "{kind}");
+    }
+    // Without the penalty (a zero penalty: failures cost nothing), the shedding backend
+    // looks no slower than the healthy one, holds nothing in flight, and p2c_ewma sends it
+    // everything.
+    let p = Params {
+        failure_penalty_ns: 0.0,
+        ..params(StrategyKind::P2cEwma)
+    };
+    let f = shedding_pair(&p, 2000);
+    let _busy = f.loads[0].track();
+    let now = 2000 * 5_000_000;
+    assert!(f.loads[1].latency_estimate_ns(now, p.decay_ns) <= f.loads[0].latency_estimate_ns(now, p.decay_ns));
+    assert_eq!(counts_with(&p, &State::new(), &f, 100, now), vec![0, 100]);
+}
+
+#[test]
+fn a_failure_costs_its_share_of_the_penalty_and_successes_take_it_back() {
+    let p = params(StrategyKind::P2cEwma);
+    let l = Load::new();
+    p.observe(&l, 0, 20e6, false, 0);
+    assert_eq!(l.expected_ns(0, &p), 20e6);
+    // A fast 503: the failure rate moves 1/16 of the way to 1, the latency estimate stays.
+    p.observe(&l, 0, 0.1e6, true, 0);
+    assert_eq!(l.failure_rate(0, p.decay_ns), FAILURE_WEIGHT);
+    assert_eq!(
+        l.latency_estimate_ns(0, p.decay_ns),
+        20e6,
+        "a fast failure is no latency sample"
+    );
+    let expect = (1.0 - FAILURE_WEIGHT) * 20e6 + FAILURE_WEIGHT * p.failure_penalty_ns;
+    assert!((l.expected_ns(0, &p) - expect).abs() < 1.0);
+    // Each success takes 1/16 of what is left back.
+    p.observe(&l, 0, 20e6, false, 0);
+    assert!((l.failure_rate(0, p.decay_ns) - FAILURE_WEIGHT * (1.0 - FAILURE_WEIGHT)).abs() < 1e-12);
+    // Idle, the rate decays with the estimate's decay time, so the backend is tried again.
+    let later = (p.decay_ns * 3.0) as u64;
+    assert!(l.failure_rate(later, p.decay_ns) < l.failure_rate(0, p.decay_ns) / 19.0);
+    // A failure that took long (a timeout) is a peak of the latency estimate.
+    p.observe(&l, 0, 3e9, true, 0);
+    assert_eq!(l.latency_estimate_ns(0, p.decay_ns), 3e9);
+    // A backend whose only attempts failed fast costs its failures, not nothing.
+    let n = Load::new();
+    p.observe(&n, 0, 0.1e6, true, 0);
+    let only_failed = n.expected_ns(0, &p);
+    assert!(only_failed >= FAILURE_WEIGHT * p.failure_penalty_ns, "{only_failed}");
+    let _busy = n.track();
+    assert_eq!(n.cost(0, &p), 2.0 * only_failed);
+}
+
+#[test]
+fn prequal_latency_is_kept_per_level_of_requests_in_flight() {
+    let p = params(StrategyKind::Prequal);
+    let l = Load::new();
+    assert_eq!(l.latency_at_rif_ns(0), 0.0, "no history");
+    p.observe(&l, 1, 10e6, false, 0);
+    p.observe(&l, 4, 40e6, false, 0);
+    assert_eq!(l.latency_at_rif_ns(1), 10e6);
+    assert_eq!(l.latency_at_rif_ns(4), 40e6);
+    // Levels without samples take the nearest, the lower first.
+    assert_eq!(l.latency_at_rif_ns(0), 10e6);
+    assert_eq!(l.latency_at_rif_ns(2), 10e6);
+    assert_eq!(l.latency_at_rif_ns(3), 40e6);
+    assert_eq!(l.latency_at_rif_ns(9), 40e6);
+    // 15 in flight and more share the last level.
+    p.observe(&l, 40, 90e6, false, 0);
+    assert_eq!(l.latency_at_rif_ns(15), 90e6);
+    assert_eq!(l.latency_at_rif_ns(1000), 90e6);
+    // An average over about `latency_window` responses: weight 2 / (16 + 1).
+    p.observe(&l, 1, 27e6, false, 0);
+    assert!((l.latency_at_rif_ns(1) - 12e6).abs() < 1.0);
+    // A failure at a level costs the penalty there, and only there: a server that sheds
+    // when four of ours are in flight is dear at four, not at one.
+    p.observe(&l, 4, 0.1e6, true, 0);
+    let at4 = 40e6 + 2.0 / 17.0 * (p.failure_penalty_ns - 40e6);
+    assert!((l.latency_at_rif_ns(4) - at4).abs() < 1.0);
+    assert!((l.latency_at_rif_ns(1) - 12e6).abs() < 1.0);
+    // The estimate prequal reads is the one at our current requests in flight.
+    let _g: Vec<_> = (0..4).map(|_| l.track()).collect();
+    assert_eq!(l.expected_at_rif_ns(), l.latency_at_rif_ns(4));
+    assert_eq!(_g[3].rif(), 3, "a guard knows what was in flight before it");
 }
 
 #[test]

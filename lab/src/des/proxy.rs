@@ -7,6 +7,7 @@
 //! ejection cap in `Pool::record_failure`), on the simulated clock instead of the proxy's; the
 //! defaults are those of `proxy/src/config/upstreams.rs`. Keep them in step.
 
+use nb_strategy::PrequalParams;
 use serde::Deserialize;
 
 use crate::scenario::{PassiveHealth, Scenario};
@@ -22,8 +23,11 @@ pub struct ProxySettings {
     pub outlier_detection: OutlierDetection,
     /// Extra attempts on another backend after a connect failure or a reset.
     pub max_retries: u32,
-    /// Peak-EWMA decay of `p2c_ewma`.
+    /// Peak-EWMA decay of the latency estimate.
     pub ewma_decay_ms: u64,
+    /// What a failed attempt counts as in the latency estimate.
+    pub failure_penalty_ms: u64,
+    pub prequal: PrequalParams,
     /// Below this share of healthy, non-ejected backends, unhealthy ones are eligible too.
     pub panic_threshold_percent: u32,
 }
@@ -89,7 +93,9 @@ impl Default for ProxySettings {
             health_check: None,
             outlier_detection: OutlierDetection::default(),
             max_retries: 2,
-            ewma_decay_ms: 10_000,
+            ewma_decay_ms: nb_strategy::DEFAULT_DECAY_MS,
+            failure_penalty_ms: nb_strategy::DEFAULT_FAILURE_PENALTY_MS,
+            prequal: PrequalParams::default(),
             panic_threshold_percent: 50,
         }
     }

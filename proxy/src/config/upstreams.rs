@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::check_max_ms;
 use super::error::{yaml_error, Collector, ConfigErrors};
-use crate::strategy::StrategyKind;
+use crate::strategy::{PrequalParams, StrategyKind};
 
 pub const DEFAULT_STRATEGY: StrategyKind = StrategyKind::P2cEwma;
 pub const DEFAULT_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
-pub const DEFAULT_EWMA_DECAY_MS: u64 = 10_000;
+pub use crate::strategy::{DEFAULT_DECAY_MS as DEFAULT_EWMA_DECAY_MS, DEFAULT_FAILURE_PENALTY_MS};
 pub const DEFAULT_HC_PATH: &str = "/health";
 pub const DEFAULT_HC_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_HC_TIMEOUT_MS: u64 = 500;
@@ -67,9 +67,17 @@ pub struct PoolConfig {
     /// requests, a reset before any response byte).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
-    /// Decay time of the peak-EWMA latency estimate used by `p2c_ewma`.
+    /// Decay time of the peak-EWMA latency estimate used by `p2c_ewma`, `orca_least_delay`
+    /// and `prequal`.
     #[serde(default = "default_ewma_decay_ms")]
     pub ewma_decay_ms: u64,
+    /// What a failed attempt (5xx, reset, timeout, refused connection) counts as in that
+    /// latency estimate, so that a fast failure never looks like a fast answer.
+    #[serde(default = "default_failure_penalty_ms")]
+    pub failure_penalty_ms: u64,
+    /// `prequal`'s parameters (read only by that strategy).
+    #[serde(default)]
+    pub prequal: PrequalParams,
     /// When fewer than this share of the pool's servers are healthy, route across every
     /// checked server that is not ejected, healthy or not (Envoy's panic threshold): a broken
     /// health path must not take a pool down whose servers still answer. 0 = never.
@@ -190,6 +198,9 @@ fn default_max_retries() -> u32 {
 }
 fn default_ewma_decay_ms() -> u64 {
     DEFAULT_EWMA_DECAY_MS
+}
+fn default_failure_penalty_ms() -> u64 {
+    DEFAULT_FAILURE_PENALTY_MS
 }
 fn default_panic_threshold_percent() -> u32 {
     DEFAULT_PANIC_THRESHOLD_PERCENT
@@ -473,6 +484,10 @@ impl PoolConfig {
             c.err(format!("{at}.ewma_decay_ms"), "must be positive");
         }
         check_max_ms(c, &format!("{at}.ewma_decay_ms"), self.ewma_decay_ms);
+        check_max_ms(c, &format!("{at}.failure_penalty_ms"), self.failure_penalty_ms);
+        for (key, reason) in self.prequal.check() {
+            c.err(format!("{at}.prequal.{key}"), reason);
+        }
         if self.max_retries > 10 {
             c.err(format!("{at}.max_retries"), "must be 0..=10");
         }
@@ -670,6 +685,7 @@ mod tests {
         let cases = [
             ("timeouts:\n      read_ms: X\n", "pools.api.timeouts.read_ms"),
             ("ewma_decay_ms: X\n", "pools.api.ewma_decay_ms"),
+            ("failure_penalty_ms: X\n", "pools.api.failure_penalty_ms"),
             (
                 "health_check:\n      interval_ms: X\n",
                 "pools.api.health_check.interval_ms",
@@ -692,6 +708,41 @@ mod tests {
             );
             assert!(errs(&text).is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn prequal_parameters_are_read_and_checked() {
+        let with = |extra: &str| GOOD.replace("    servers:", &format!("    {extra}\n    servers:"));
+        let text = with("prequal: { probes: 4, hot_quantile: 0.9, rif_window: 32, latency_window: 8 }");
+        let cfg = UpstreamsConfig::parse("u.yaml", &text).expect("valid");
+        let p = cfg.pools["api"].prequal;
+        assert_eq!(
+            (p.probes, p.hot_quantile, p.rif_window, p.latency_window),
+            (4, 0.9, 32, 8)
+        );
+        assert_eq!(cfg.pools["api"].failure_penalty_ms, DEFAULT_FAILURE_PENALTY_MS);
+        // Absent keys take the defaults.
+        let cfg = UpstreamsConfig::parse("u.yaml", &with("prequal: { probes: 2 }")).expect("valid");
+        assert_eq!(
+            cfg.pools["api"].prequal,
+            PrequalParams {
+                probes: 2,
+                ..PrequalParams::default()
+            }
+        );
+        let e = errs(&with(
+            "prequal: { probes: 0, hot_quantile: 0, rif_window: 1000, latency_window: 0 }",
+        ));
+        assert_eq!(e.len(), 4, "{e:?}");
+        for key in ["probes", "hot_quantile", "rif_window", "latency_window"] {
+            assert!(
+                e.iter()
+                    .any(|x| x.contains(&format!("pools.api.prequal.{key}: must be"))),
+                "{key}: {e:?}"
+            );
+        }
+        let e = errs(&with("prequal: { probe: 3 }"));
+        assert!(e[0].contains("unknown field `probe`"), "{e:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::config::OutlierConfig;
 use crate::orca::LoadReport;
-use crate::strategy::Load;
+use crate::strategy::{Load, REPORT_TTL_NS};
 
 /// Active health state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,10 +107,12 @@ pub struct BackendStats {
     failures: AtomicU64,
     last_success_ns: AtomicU64,
     membership: AtomicU8,
-    /// The backend's latest ORCA load report, as f32 bits (NaN: never reported).
+    /// The backend's latest ORCA load report, as f32 bits (NaN: not in that report).
     reported_cpu: AtomicU32,
     reported_queue: AtomicU32,
     reported_rps: AtomicU32,
+    /// When that report came (`u64::MAX`: never).
+    reported_ns: AtomicU64,
 }
 
 /// What a backend last reported about its own load (ORCA); `None` where it never did.
@@ -125,10 +127,8 @@ fn nan_bits() -> AtomicU32 {
     AtomicU32::new(f32::NAN.to_bits())
 }
 
-fn store_if_some(cell: &AtomicU32, v: Option<f64>) {
-    if let Some(v) = v {
-        cell.store((v as f32).to_bits(), Relaxed);
-    }
+fn store_opt(cell: &AtomicU32, v: Option<f64>) {
+    cell.store(v.map_or(f32::NAN, |v| v as f32).to_bits(), Relaxed);
 }
 
 fn load_opt(cell: &AtomicU32) -> Option<f32> {
@@ -161,6 +161,7 @@ impl BackendStats {
             reported_cpu: nan_bits(),
             reported_queue: nan_bits(),
             reported_rps: nan_bits(),
+            reported_ns: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -346,19 +347,28 @@ impl BackendStats {
         }
     }
 
-    /// Keeps the fields of a load report the backend sent with a response at `now_ns`, and
-    /// gives its queue to the backend's [`Load`], which `orca_least_delay` reads.
+    /// Keeps the load report the backend sent with a response at `now_ns` (it replaces the
+    /// previous one as a whole), and gives its queue to the backend's [`Load`], which
+    /// `orca_least_delay` and `prequal` read.
     pub fn record_report(&self, r: &LoadReport, now_ns: u64) {
-        store_if_some(&self.reported_cpu, r.cpu_utilization);
-        store_if_some(&self.reported_queue, r.queue);
-        store_if_some(&self.reported_rps, r.rps_fractional);
+        store_opt(&self.reported_cpu, r.cpu_utilization);
+        store_opt(&self.reported_queue, r.queue);
+        store_opt(&self.reported_rps, r.rps_fractional);
+        self.reported_ns.store(now_ns, Relaxed);
         if let Some(queue) = r.queue {
             // Finite and not negative (the parser drops other values); `as` saturates.
             self.load.report(queue.round() as u32, now_ns);
         }
     }
 
-    pub fn reported(&self) -> ReportedLoad {
+    /// The latest load report, if it is younger than [`REPORT_TTL_NS`] at `now_ns`: a report
+    /// describes the moment it was sent, and a backend that stopped reporting is described
+    /// by what the proxy measures alone.
+    pub fn reported(&self, now_ns: u64) -> ReportedLoad {
+        let at = self.reported_ns.load(Relaxed);
+        if at == u64::MAX || now_ns.saturating_sub(at) > REPORT_TTL_NS {
+            return ReportedLoad::default();
+        }
         ReportedLoad {
             cpu_utilization: load_opt(&self.reported_cpu),
             queue: load_opt(&self.reported_queue),

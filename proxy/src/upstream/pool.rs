@@ -102,7 +102,7 @@ impl PoolShared {
         Arc::new(PoolShared {
             name,
             members: ArcSwap::from_pointee(Members::default()),
-            params: ArcSwap::from_pointee(Params { kind, decay_ns: 10e9 }),
+            params: ArcSwap::from_pointee(Params::new(kind)),
             panic_threshold: AtomicU32::new(0),
             panic_total,
         })
@@ -376,6 +376,8 @@ impl Pool {
         self.shared.params.store(Arc::new(Params {
             kind: cfg.strategy,
             decay_ns: cfg.ewma_decay_ms as f64 * 1e6,
+            failure_penalty_ns: cfg.failure_penalty_ms as f64 * 1e6,
+            prequal: cfg.prequal,
         }));
         self.config.store(Arc::new(cfg.clone()));
         let leaving = still_leaving(&list, leaving, now);
