@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes docs/benchmarks.md from the results.json files that scripts/bench.sh produced."""
 import json
+import math
 import os
+import random
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -63,6 +65,89 @@ def shares(sr):
     return "\n".join(out)
 
 
+def p99s(sr):
+    """Headline p99 per strategy and repetition."""
+    out = {}
+    for run in sr["runs"]:
+        out.setdefault(run["strategy"], {})[run["rep"]] = run["report"]["latency_ms"]["p99"]
+    return out
+
+
+def paired(a, b, resamples=4000):
+    """Geometric mean of a[r] / b[r] over shared repetitions, with a 95 % percentile-bootstrap
+    interval (fixed seed), as nb-bench pairs its ratios."""
+    logs = [math.log(a[r] / b[r]) for r in sorted(set(a) & set(b)) if a[r] > 0 and b[r] > 0]
+    if not logs:
+        return None
+    gm = math.exp(sum(logs) / len(logs))
+    rng = random.Random(1)
+    boot = sorted(
+        math.exp(sum(rng.choice(logs) for _ in logs) / len(logs)) for _ in range(resamples)
+    )
+    return {"ratio": gm, "ci_low": boot[int(0.025 * resamples)], "ci_high": boot[int(0.975 * resamples) - 1], "pairs": len(logs)}
+
+
+def aggregate(sr, name):
+    return next((a for a in sr["aggregates"] if a["strategy"] == name), None)
+
+
+def prequal_table(real, sim):
+    """`prequal` against the best of the others in the lab, and against the model's references."""
+    rows = [
+        "| scenario | prequal p99 | best other (p99) | prequal / best other [95 % CI] | ≤ 1.05× | prequal errors "
+        "| model: prequal p99 | best classic | greedy | clairvoyant |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    model = {sr["scenario"]["name"]: sr for sr in sim["scenarios"]}
+    lab = [sr for res in real for sr in res["scenarios"]]
+    for sr in sorted(lab, key=lambda x: x["scenario"]["name"]):
+        name = sr["scenario"]["name"]
+        mine = aggregate(sr, "prequal")
+        if not mine:
+            continue
+        others = [a for a in sr["aggregates"] if a["strategy"] != "prequal"]
+        best = min(others, key=lambda a: a["latency_ms"]["p99"])
+        runs = p99s(sr)
+        r = paired(runs["prequal"], runs[best["strategy"]])
+        ok = "yes" if r and r["ratio"] <= 1.05 else "**no**"
+        m = model.get(name)
+        cells = ["–"] * 4
+        if m:
+            mp = aggregate(m, "prequal")
+            classic = [
+                a for a in m["aggregates"]
+                if a["strategy"] not in ("prequal", "greedy", "clairvoyant") and "@" not in a["strategy"]
+            ]
+            mb = min(classic, key=lambda a: a["latency_ms"]["p99"])
+            cells = [
+                ms(mp["latency_ms"]["p99"]),
+                f"{mb['strategy']} {ms(mb['latency_ms']['p99'])}",
+                ms(aggregate(m, "greedy")["latency_ms"]["p99"]),
+                ms(aggregate(m, "clairvoyant")["latency_ms"]["p99"]),
+            ]
+        rows.append(
+            f"| {name} | {ms(mine['latency_ms']['p99'])} | {best['strategy']} {ms(best['latency_ms']['p99'])} "
+            f"| {ratio(r)} | {ok} | {100 * mine['error_rate']:.2f} % | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(rows)
+
+
+def before_after(real, sim):
+    """`p2c_ewma` on s6 before failures cost (docs/bench/s6-before) and now."""
+    rows = ["| where | strategy | errors before | errors now | p99 before | p99 now |", "|---|---|---|---|---|---|"]
+    now_lab = next(sr for res in real for sr in res["scenarios"] if sr["scenario"]["name"] == "s6-shedding")
+    now_sim = next(sr for sr in sim["scenarios"] if sr["scenario"]["name"] == "s6-shedding")
+    for where, before_dir, now in (("lab", "s6-before/lab", now_lab), ("model", "s6-before/model", now_sim)):
+        before = load(before_dir)["scenarios"][0]
+        for strategy in ("p2c_ewma", "least_connections"):
+            b, n = aggregate(before, strategy), aggregate(now, strategy)
+            rows.append(
+                f"| {where} | {strategy} | {100 * b['error_rate']:.2f} % | {100 * n['error_rate']:.2f} % "
+                f"| {ms(b['latency_ms']['p99'])} | {ms(n['latency_ms']['p99'])} |"
+            )
+    return "\n".join(rows)
+
+
 # What the tables show, from the run these figures come from (kept by hand: re-read after a re-run).
 FINDINGS = [
     "**Skew (s1):** every adaptive strategy keeps round robin's 16 % timeouts away; `orca_least_delay` "
@@ -120,7 +205,7 @@ THREATS = [
     "model counts it).",
     "**The model leaves out the proxy hop.** A fast failure costs the model nothing and the lab a few "
     "hundred microseconds; this matters where a strategy chases idle-looking backends (s3).",
-    "**Our scenarios.** Six scenarios written by the people who wrote the strategies. A learned strategy "
+    "**Our scenarios.** Seven scenarios written by the people who wrote the strategies. A learned strategy "
     "must be tuned on the general case and also judged on scenarios that are not in the repository, on "
     "seeds disjoint from its training data.",
 ]
@@ -192,6 +277,24 @@ def main():
     lines += [""]
     if FINDINGS:
         lines += ["## What the figures say", ""] + [f"- {f}" for f in FINDINGS] + [""]
+    lines += [
+        "## `prequal` against the others",
+        "",
+        "Per scenario, the lab's headline p99 of `prequal` against the best of every other strategy",
+        "and peer on that scenario (the one with the lowest median p99), paired per repetition as",
+        "above; then the model's `prequal`, its best classic strategy and its two references.",
+        "",
+        prequal_table(real, sim),
+        "",
+        "## A fast failure is not a fast answer (s6)",
+        "",
+        "`s6-shedding` before failures were priced into the latency estimates (the same scenario file",
+        "run with the code of commit d830698: lab 3 repetitions of `p2c_ewma` and `least_connections`,",
+        "model 5; `docs/bench/s6-before/`) and now (the runs on this page):",
+        "",
+        before_after(real, sim),
+        "",
+    ]
     lines += ["## The lab", ""]
     for res in real:
         for sr in res["scenarios"]:
@@ -217,7 +320,7 @@ def main():
     lines += [
         "## The model",
         "",
-        "`nb-bench --scenario conf/scenarios --simulate` runs the same six scenarios through the",
+        "`nb-bench --scenario conf/scenarios --simulate` runs the same seven scenarios through the",
         "discrete-event model, which drives the proxy's own strategy code (crate `nb-strategy`) on",
         "a simulated clock, at full scenario durations, with the lab's arrivals and draws. Two",
         "references see what no proxy can: **greedy** sends each request where its expected",
@@ -225,8 +328,9 @@ def main():
         "variance and prices queued work at the new request's class mean); **clairvoyant** also knows",
         "each request's own service time and the sizes of the work queued ahead of it. Both decide",
         "greedily, one request at a time, so neither is a ceiling for tail latency (a real strategy can",
-        "beat them on a percentile); they mark what information could buy. `orca_least_delay@no_orca`",
-        "is the ORCA ablation: the same strategy with every backend's load report off.",
+        "beat them on a percentile); they mark what information could buy. `prequal@no_orca` and",
+        "`orca_least_delay@no_orca` are the ORCA ablations: the same strategy with every backend's",
+        "load report off.",
         "",
     ]
     for sr in sim["scenarios"]:
@@ -236,7 +340,8 @@ def main():
         "## Model against lab",
         "",
         "`cargo test --release -p nb-lab --test lab_run the_model_agrees_with_the_lab_on_every_scenario`",
-        "runs all six scenarios (10 s after 5 s of warm-up, round robin, least connections, p2c_ewma) in",
+        "runs all seven scenarios (10 s after 5 s of warm-up, round robin, least connections, p2c_ewma,",
+        "prequal) in",
         "both and checks that error rates agree within 2 points + 25 %, and, where both stay under",
         "0.5 % errors, that the lab's p99 lies within 0.8–1.5× the model's + 5 ms and that strategies the",
         "model separates by more than 1.25× come out in the same order. With one arrival schedule, the",

@@ -325,7 +325,7 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
     ensure_proxy_built();
     let scratch = Scratch::new("model");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/scenarios");
-    let strategies = ["round_robin", "least_connections", "p2c_ewma"];
+    let strategies = ["round_robin", "least_connections", "p2c_ewma", "prequal"];
     let mut dirs = Vec::new();
     for simulate in [false, true] {
         let out_dir = scratch.0.join(if simulate { "sim" } else { "real" });
@@ -346,7 +346,7 @@ fn the_model_agrees_with_the_lab_on_every_scenario() {
         figures(&dirs[1].join("results.json")),
     );
     let scenarios: std::collections::BTreeSet<&String> = model.keys().map(|(s, _)| s).collect();
-    assert_eq!(scenarios.len(), 6, "{scenarios:?}");
+    assert_eq!(scenarios.len(), 7, "{scenarios:?}");
     let mut misses = Vec::new();
     for scenario in scenarios {
         let get = |m: &std::collections::BTreeMap<(String, String), Figures>, s: &str| {

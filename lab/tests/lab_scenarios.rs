@@ -14,23 +14,24 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../conf/scenarios")
 }
 
-const SIX: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "s0-homogeneous",
     "s1-static-skew",
     "s2-noisy-neighbour",
     "s3-sinkhole",
     "s4-mixed-classes",
     "s5-cold-join",
+    "s6-shedding",
 ];
 
 /// Most requests per second the lab should offer on a 2-core machine.
 const MAX_RPS: f64 = 1500.0;
 
 #[test]
-fn all_six_scenarios_parse_validate_and_fit_the_machine() {
+fn every_scenario_parses_validates_and_fits_the_machine() {
     let loaded = lab::load_scenarios(&[dir()]).expect("every scenario file parses and validates");
     let names: Vec<&str> = loaded.iter().map(|(_, s)| s.name.as_str()).collect();
-    assert_eq!(names, SIX);
+    assert_eq!(names, SCENARIOS);
     for (file, s) in &loaded {
         let stem = file.file_stem().and_then(|f| f.to_str()).expect("file name");
         assert_eq!(stem, s.name, "file name and name differ");
@@ -121,6 +122,18 @@ fn scenarios_say_what_the_issue_asks() {
         (s5.rate_at(0.0) / initial - 0.8).abs() < 1e-9,
         "80% load when they join"
     );
+
+    // Every backend sheds with a fast 503 once its short queue is full, and the slow ones
+    // fill first; nothing else fails.
+    let s6 = load("s6-shedding");
+    let ps = s6.profiles();
+    assert_eq!(ps.len(), 10);
+    assert!(ps
+        .iter()
+        .all(|p| p.queue == 2 && p.slots == 4 && p.errors == Errors::default()));
+    let means: Vec<f64> = ps.iter().map(|p| p.service.mean_ms()).collect();
+    assert_eq!(means.iter().filter(|m| **m == 20.0).count(), 8);
+    assert_eq!(means.iter().filter(|m| **m == 80.0).count(), 2);
 }
 
 /// A scenario with every optional field set, so that serialising it names every key.
@@ -221,7 +234,7 @@ fn the_readme_documents_every_key_of_the_schema() {
         "conf/scenarios/README.md does not mention {missing:?}"
     );
     assert!(all.len() > 40, "the full scenario names {} keys: {all:?}", all.len());
-    for name in SIX {
+    for name in SCENARIOS {
         assert!(
             readme.contains(&format!("`{name}.yaml`")),
             "{name} is not in the README's list"

@@ -37,7 +37,7 @@ struct Args {
     /// Strategies, comma-separated, in run order of the first repetition (the order
     /// rotates between repetitions; the first is the default --baseline). Ours:
     /// round_robin, weighted_round_robin, least_connections, random, p2c_ewma,
-    /// orca_least_delay, each also as
+    /// orca_least_delay, prequal, each also as
     /// NAME@no_orca (backends without ORCA load reports); with --simulate also the
     /// references greedy and clairvoyant; peers: nginx:least_conn, nginx:random_two,
     /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,

@@ -22,13 +22,14 @@ const GREEDY: &str = REFERENCES[0];
 
 /// What `--simulate` runs when `--strategies` is not given: every classic strategy, then
 /// the references.
-pub const SIM_STRATEGIES: [&str; 8] = [
+pub const SIM_STRATEGIES: [&str; 9] = [
     OUR_STRATEGIES[0],
     OUR_STRATEGIES[1],
     OUR_STRATEGIES[2],
     OUR_STRATEGIES[3],
     OUR_STRATEGIES[4],
     OUR_STRATEGIES[5],
+    OUR_STRATEGIES[6],
     REFERENCES[0],
     REFERENCES[1],
 ];

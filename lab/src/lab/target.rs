@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Our strategies, as the proxy's `strategy:` key spells them.
-pub const OUR_STRATEGIES: [&str; 6] = [
+pub const OUR_STRATEGIES: [&str; 7] = [
     "round_robin",
     "weighted_round_robin",
     "least_connections",
     "random",
     "p2c_ewma",
     "orca_least_delay",
+    "prequal",
 ];
 
 /// The model's reference that knows every backend's true queue and speed (greedy expected
