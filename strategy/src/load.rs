@@ -1,8 +1,9 @@
-//! Live per-backend load: in-flight requests, a peak-EWMA latency estimate, and the queue
-//! length the backend last reported (ORCA).
+//! Live per-backend load: in-flight requests, a peak-EWMA latency estimate, the share of
+//! recent attempts that failed, the recent cost per level of requests in flight (for
+//! `prequal`), and the queue length the backend last reported (ORCA).
 //!
-//! Written on the request path with relaxed atomics (no locks). The estimator's read-modify-
-//! write is not a single atomic step: two concurrent observations may lose one sample, which
+//! Written on the request path with relaxed atomics (no locks). The estimators' read-modify-
+//! writes are not single atomic steps: two concurrent observations may lose one sample, which
 //! an exponentially weighted average tolerates by design. Likewise a report's queue and its
 //! time are two stores: a pick that reads between them sees the new queue with the old time
 //! (or the reverse), which matters only at the moment a report expires.
@@ -93,12 +94,16 @@ impl Load {
     /// The estimate decayed towards zero for the time since the last observation, so that a
     /// backend that was slow once is tried again after a while (tower's `PeakEwma`).
     pub fn latency_estimate_ns(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        let ewma = self.ewma_ns();
-        if ewma == 0.0 {
+        self.decayed(self.ewma_ns(), now_ns, decay_ns)
+    }
+
+    /// `value` × e^(−dt/decay), dt being the time since the last observation.
+    fn decayed(&self, value: f64, now_ns: u64, decay_ns: f64) -> f64 {
+        if value == 0.0 {
             return 0.0;
         }
         let dt = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
-        ewma * (-dt / decay_ns).exp()
+        value * (-dt / decay_ns).exp()
     }
 
     /// Records one successful attempt's latency. A sample above the estimate replaces it at
@@ -144,12 +149,7 @@ impl Load {
     /// like the latency estimate, so that a backend that failed and was then avoided is
     /// tried again after a while.
     pub fn failure_rate(&self, now_ns: u64, decay_ns: f64) -> f64 {
-        let p = self.failure_rate_raw();
-        if p == 0.0 {
-            return 0.0;
-        }
-        let dt = now_ns.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
-        p * (-dt / decay_ns).exp()
+        self.decayed(self.failure_rate_raw(), now_ns, decay_ns)
     }
 
     /// What the next request here is expected to cost its client, failures included:
@@ -163,10 +163,10 @@ impl Load {
         (1.0 - p) * est + p * params.failure_penalty_ns
     }
 
-    /// Records a successful attempt's latency in the average of its RIF bucket: the
-    /// requests we had in flight at this backend when it was sent (`rif`, from its
-    /// [`InflightGuard`]), weight `alpha` per response (`2 / (window + 1)` averages over
-    /// about `window` responses).
+    /// Records what an attempt cost (its latency, or the failure penalty when it failed) in
+    /// the average of its RIF bucket: the requests we had in flight at this backend when it
+    /// was sent (`rif`, from its [`InflightGuard`]), weight `alpha` per attempt
+    /// (`2 / (window + 1)` averages over about `window` attempts).
     pub fn observe_at_rif(&self, rif: u32, rtt_ns: f64, alpha: f64) {
         let cell = &self.by_rif[(rif as usize).min(RIF_BUCKETS - 1)];
         let prev = f64::from_bits(cell.load(Relaxed));
@@ -178,10 +178,10 @@ impl Load {
         cell.store(next.max(1.0).to_bits(), Relaxed);
     }
 
-    /// Recent latency of requests sent while `rif` of ours were in flight here (Prequal's
-    /// latency estimate, which a server gives for its current requests in flight). A level
-    /// without samples takes the nearest one that has some, the lower first; 0 when there
-    /// is none at all.
+    /// Recent cost of requests sent while `rif` of ours were in flight here, failures at the
+    /// penalty (Prequal's latency estimate, which a server gives for its current requests in
+    /// flight). A level without samples takes the nearest one that has some, the lower
+    /// first; 0 when there is none at all.
     pub fn latency_at_rif_ns(&self, rif: u32) -> f64 {
         let at = (rif as usize).min(RIF_BUCKETS - 1);
         let get = |i: usize| f64::from_bits(self.by_rif[i].load(Relaxed));
@@ -196,9 +196,9 @@ impl Load {
         0.0
     }
 
-    /// [`Load::expected_ns`] with the latency at the current requests in flight
-    /// ([`Load::latency_at_rif_ns`]) in place of the peak-EWMA estimate: `prequal`'s
-    /// latency estimate.
+    /// `prequal`'s latency estimate: [`Load::latency_at_rif_ns`] at our current requests in
+    /// flight. Failures are in it where they happened, so it needs no separate failure
+    /// rate: a server that sheds when full is dear when full and cheap when not.
     pub fn expected_at_rif_ns(&self) -> f64 {
         self.latency_at_rif_ns(self.inflight())
     }
