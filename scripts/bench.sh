@@ -2,7 +2,7 @@
 # Reproduces the figures in docs/benchmarks.md: every scenario through the real lab (our
 # strategies and the nginx and HAProxy peers, 4 repetitions of the steady scenarios and 3 of
 # the long phased ones, the order rotating between repetitions) and through the
-# discrete-event model (5 repetitions). Takes about 60 minutes on 2
+# discrete-event model (5 repetitions). Takes about 65 minutes on 2
 # cores; run it on an otherwise idle machine (nb-bench pins the proxy to one core and
 # itself and the fleet to the other). Results land in docs/bench/; then
 # scripts/bench_report.py writes docs/benchmarks.md.
@@ -23,6 +23,16 @@ phased_reps=${PHASED_REPS:-3}
 # Steady-state scenarios: 10 s measured after 3 s of warm-up.
 $bench --scenario conf/scenarios/s0-homogeneous.yaml,conf/scenarios/s1-static-skew.yaml,conf/scenarios/s3-sinkhole.yaml,conf/scenarios/s4-mixed-classes.yaml,conf/scenarios/s6-shedding.yaml \
   --strategies "$peers" --reps "$reps" --duration 10 --warmup 3 --out docs/bench/steady
+# prequal alone with 16 probes (every server of these fleets) on the same scenarios, seeds
+# and durations: the "prequal with 16 probes" table.
+wide=$(mktemp -d)
+steady16=""
+for f in s0-homogeneous s1-static-skew s3-sinkhole s4-mixed-classes s6-shedding; do
+  sed 's/^load:.*/&\npool: { prequal: { probes: 16 } }/' "conf/scenarios/$f.yaml" >"$wide/$f.yaml"
+  steady16="$steady16${steady16:+,}$wide/$f.yaml"
+done
+$bench --scenario "$steady16" --strategies prequal --reps "$reps" --duration 10 --warmup 3 --out docs/bench/prequal-probes16
+rm -rf "$wide"
 # Phased scenarios keep enough time for their phases: s2's hot set moves every 10 s, s5's
 # backends join at 10 s and stay slow for 60 s.
 $bench --scenario conf/scenarios/s2-noisy-neighbour.yaml --strategies "$peers" --reps "$phased_reps" --duration 20 --warmup 5 --out docs/bench/s2
