@@ -540,24 +540,13 @@ async fn start_front(
     Ok(child)
 }
 
-/// The body of a one-shot `GET` answered 200 (blocking, `Connection: close`, short
-/// timeouts; for the fleet's stats).
+/// The body of a one-shot `GET` answered 200 (for the fleet's stats).
 fn http_get_body(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {text:?}"));
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("not an HTTP answer"))?;
-    if head.split_whitespace().nth(1) != Some("200") {
-        return Err(bad("not a 200"));
+    match procs::http_get(addr, path, Duration::from_secs(2))? {
+        (200, body) => Ok(body),
+        (status, body) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("status {status}: {body:?}"),
+        )),
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Err(bad("chunked answers are not read here"));
-    }
-    Ok(body.to_owned())
 }

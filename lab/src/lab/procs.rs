@@ -394,9 +394,9 @@ pub async fn wait_http_200(
     let deadline = Instant::now() + limit;
     loop {
         child.check_running()?;
-        let last = match http_get_status(addr, path) {
-            Ok(200) => return Ok(()),
-            Ok(code) => format!("status {code}"),
+        let last = match http_get(addr, path, Duration::from_millis(500)) {
+            Ok((200, _)) => return Ok(()),
+            Ok((code, _)) => format!("status {code}"),
             Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
@@ -410,31 +410,78 @@ pub async fn wait_http_200(
     }
 }
 
-/// The status code of a one-shot `GET` (blocking, short timeouts; for readiness checks).
-pub fn http_get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
-    let timeout = Duration::from_millis(500);
+/// A one-shot `GET` (blocking, `Connection: close`, `timeout` for the connect and each read
+/// and write): the status and the body, for readiness checks and the fleet's stats. Chunked
+/// bodies are refused, not decoded.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match s.read(&mut buf[n..])? {
+    // Read until the connection closes or the head and `Content-Length` bytes are in, so a
+    // server that keeps the connection open anyway does not hold the caller to the timeout.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| raw.len() >= end + 4 + n) || head.contains("transfer-encoding: chunked") {
+                break;
+            }
+        }
+        match s.read(&mut buf)? {
             0 => break,
-            k => n += k,
+            k => raw.extend_from_slice(&buf[..k]),
         }
     }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace()
+    let text = String::from_utf8_lossy(&raw);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("not an HTTP answer"))?;
+    let status = head
+        .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP answer: {head:?}")))
+        .ok_or_else(|| bad("not an HTTP answer"))?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(bad("chunked answers are not read here"));
+    }
+    Ok((status, body.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one connection with `answer` and keeps it open for a while (a server that
+    /// ignores `Connection: close`).
+    fn serve_once(answer: &'static str) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            c.write_all(answer.as_bytes()).expect("write");
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        addr
+    }
+
+    #[test]
+    fn http_get_reads_status_and_body_without_waiting_for_the_close() {
+        let addr = serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n\r\nnope!");
+        let started = Instant::now();
+        let got = http_get(addr, "/health/ready", Duration::from_secs(2)).expect("answer");
+        assert_eq!(got, (503, "nope!".to_string()));
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        let addr = serve_once("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+        let e = http_get(addr, "/stats", Duration::from_millis(300)).expect_err("chunked");
+        assert!(e.to_string().contains("chunked"), "{e}");
+    }
 
     #[test]
     fn temp_dirs_are_removed_and_ports_distinct() {
