@@ -23,16 +23,17 @@ phased_reps=${PHASED_REPS:-3}
 # Steady-state scenarios: 10 s measured after 3 s of warm-up.
 $bench --scenario conf/scenarios/s0-homogeneous.yaml,conf/scenarios/s1-static-skew.yaml,conf/scenarios/s3-sinkhole.yaml,conf/scenarios/s4-mixed-classes.yaml,conf/scenarios/s6-shedding.yaml \
   --strategies "$peers" --reps "$reps" --duration 10 --warmup 3 --out docs/bench/steady
-# prequal alone with 16 probes (every server of these fleets) on the same scenarios, seeds
-# and durations: the "prequal with 16 probes" table.
-wide=$(mktemp -d)
-steady16=""
+# prequal alone with 3 probes (power-of-d sampling, the reading of the paper before the
+# defaults were measured) on the same scenarios, seeds and durations: the "prequal's
+# parameters" table.
+sampled=$(mktemp -d)
+steady3=""
 for f in s0-homogeneous s1-static-skew s3-sinkhole s4-mixed-classes s6-shedding; do
-  sed 's/^load:.*/&\npool: { prequal: { probes: 16 } }/' "conf/scenarios/$f.yaml" >"$wide/$f.yaml"
-  steady16="$steady16${steady16:+,}$wide/$f.yaml"
+  sed 's/^load:.*/&\npool: { prequal: { probes: 3 } }/' "conf/scenarios/$f.yaml" >"$sampled/$f.yaml"
+  steady3="$steady3${steady3:+,}$sampled/$f.yaml"
 done
-$bench --scenario "$steady16" --strategies prequal --reps "$reps" --duration 10 --warmup 3 --out docs/bench/prequal-probes16
-rm -rf "$wide"
+$bench --scenario "$steady3" --strategies prequal --reps "$reps" --duration 10 --warmup 3 --out docs/bench/prequal-sampled
+rm -rf "$sampled"
 # Phased scenarios keep enough time for their phases: s2's hot set moves every 10 s, s5's
 # backends join at 10 s and stay slow for 60 s.
 $bench --scenario conf/scenarios/s2-noisy-neighbour.yaml --strategies "$peers" --reps "$phased_reps" --duration 20 --warmup 5 --out docs/bench/s2
@@ -42,4 +43,7 @@ $bench --scenario conf/scenarios/s5-cold-join.yaml --strategies "$peers" --reps 
 $bench --scenario conf/scenarios --simulate --reps 5 \
   --strategies round_robin,weighted_round_robin,least_connections,random,p2c_ewma,prequal,prequal@no_orca,orca_least_delay,orca_least_delay@no_orca,greedy,clairvoyant \
   --out docs/bench/sim
+# prequal's parameters in the model: probes × hot quantile on every scenario, 12 repetitions,
+# against the classic strategies that can be the best (the "prequal's parameters" table).
+./scripts/prequal_sweep.sh docs/bench/prequal-sweep
 python3 scripts/bench_report.py

@@ -132,28 +132,64 @@ def prequal_table(real, sim):
     return "\n".join(rows)
 
 
-def probes_table(real):
-    """The separate lab run of `prequal` with `probes: 16` (docs/bench/prequal-probes16) against
-    the main run's `prequal` (3 probes) and the best of the others, paired by repetition."""
-    path = os.path.join(BENCH, "prequal-probes16", "results.json")
+def sampled_table(real):
+    """The separate lab run of `prequal` with 3 probes (docs/bench/prequal-sampled) against the main run's `prequal` (the defaults) and the best of
+    the others, paired by repetition."""
+    path = os.path.join(BENCH, "prequal-sampled", "results.json")
     if not os.path.exists(path):
         return None
     rows = [
-        "| scenario | prequal, 3 probes | prequal, 16 probes | best other (p99) | 16 probes / best other [95 % CI] | errors, 16 probes |",
-        "|---|---|---|---|---|---|",
+        "| scenario | prequal (defaults) | prequal, 3 probes | best other (p99) "
+        "| defaults / best other [95 % CI] | 3 probes / best other [95 % CI] | errors, 3 probes |",
+        "|---|---|---|---|---|---|---|",
     ]
     main = {sr["scenario"]["name"]: sr for res in real for sr in res["scenarios"]}
-    for sr in load("prequal-probes16")["scenarios"]:
+    for sr in load("prequal-sampled")["scenarios"]:
         name = sr["scenario"]["name"]
         m = main[name]
-        wide = aggregate(sr, "prequal")
+        alt = aggregate(sr, "prequal")
         others = [a for a in m["aggregates"] if a["strategy"] != "prequal"]
         best = min(others, key=lambda a: a["latency_ms"]["p99"])
-        r = paired(p99s(sr)["prequal"], p99s(m)[best["strategy"]])
+        runs = p99s(m)
         rows.append(
-            f"| {name} | {ms(aggregate(m, 'prequal')['latency_ms']['p99'])} | {ms(wide['latency_ms']['p99'])} "
-            f"| {best['strategy']} {ms(best['latency_ms']['p99'])} | {ratio(r)} | {100 * wide['error_rate']:.2f} % |"
+            f"| {name} | {ms(aggregate(m, 'prequal')['latency_ms']['p99'])} | {ms(alt['latency_ms']['p99'])} "
+            f"| {best['strategy']} {ms(best['latency_ms']['p99'])} "
+            f"| {ratio(paired(runs['prequal'], runs[best['strategy']]))} "
+            f"| {ratio(paired(p99s(sr)['prequal'], runs[best['strategy']]))} | {100 * alt['error_rate']:.2f} % |"
         )
+    return "\n".join(rows)
+
+
+def sweep_table():
+    """The model's sweep of `prequal`'s probes and hot quantile (docs/bench/prequal-sweep, written
+    by scripts/prequal_sweep.sh): per point and scenario, `prequal`'s p99 over the best classic
+    strategy's, paired by repetition."""
+    folder = os.path.join(BENCH, "prequal-sweep")
+    if not os.path.isdir(folder):
+        return None
+    points = []
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".json"):
+            with open(os.path.join(folder, f)) as fh:
+                points.append(json.load(fh))
+    points.sort(key=lambda p: (p["probes"], p["hot_quantile"]))
+    names = sorted(points[0]["scenarios"])
+    rows = [
+        "| probes | hot quantile | " + " | ".join(n.split("-")[0] for n in names) + " | worst |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for p in points:
+        cells, worst = [], 0.0
+        for n in names:
+            per = p["scenarios"][n]
+            pq = dict(enumerate(per["prequal"]["p99_ms"]))
+            classic = {k: v for k, v in per.items() if k not in ("prequal", "greedy", "clairvoyant")}
+            best = min(classic, key=lambda k: sorted(classic[k]["p99_ms"])[len(classic[k]["p99_ms"]) // 2])
+            r = paired(pq, dict(enumerate(per[best]["p99_ms"])))
+            worst = max(worst, r["ratio"])
+            cells.append(f"{r['ratio']:.3f}")
+        default = " (default)" if (p["probes"], p["hot_quantile"]) == (16, 0.84) else ""
+        rows.append(f"| {p['probes']}{default} | {p['hot_quantile']} | " + " | ".join(cells) + f" | {worst:.3f} |")
     return "\n".join(rows)
 
 
@@ -320,16 +356,29 @@ def main():
         prequal_table(real, sim),
         "",
     ]
-    probes = probes_table(real)
-    if probes:
+    lines += [
+        "## `prequal`'s parameters",
+        "",
+        "`prequal` weighs 16 candidates per decision (every server of these ten-server fleets) and",
+        "counts a server hot when its requests in flight are above more than 84 % of the recent",
+        "samples. The model's sweep (`scripts/prequal_sweep.sh`, 12 repetitions per point, every",
+        "scenario at full duration) chose them: `prequal`'s p99 over the best classic strategy's",
+        "(least connections, `p2c_ewma` or `orca_least_delay`), paired per repetition.",
+        "",
+    ]
+    sweep = sweep_table()
+    if sweep:
+        lines += [sweep, ""]
+    sampled = sampled_table(real)
+    if sampled:
         lines += [
-            "### `prequal` with 16 probes",
+            "In the lab, a separate run after the main one (`prequal` alone with",
+            "`pool: { prequal: { probes: 3 } }`, power-of-d sampling,",
+            "added to each steady scenario; same durations, repetitions and seeds, so the",
+            "pairs per repetition hold, but drift of the machine between the two runs does not cancel",
+            "out):",
             "",
-            "A separate lab run after the main one (`prequal` alone, `pool: { prequal: { probes: 16 } }`",
-            "added to each steady scenario, same durations, repetitions and seeds, so the pairs per",
-            "repetition hold; drift of the machine between the two runs does not cancel out):",
-            "",
-            probes,
+            sampled,
             "",
         ]
     lines += [

@@ -281,13 +281,27 @@ fn a_homogeneous_fleet_is_shared_equally_by_every_strategy() {
     for r in &reports {
         assert_eq!(r.errors, 0, "{}: {:?}", r.label, r.status_counts);
         assert_eq!(r.share.len(), 5);
-        // prequal sends a cold server requests only while its recent latency is the lowest
-        // of those sampled: one whose last answers were slow by chance waits its turn, so
-        // shares drift further from equal than under the least-loaded rules.
-        let tolerance = if r.label == "prequal" { 0.035 } else { 0.02 };
-        for (id, share) in &r.share {
-            assert!((share - 0.2).abs() < tolerance, "{}: {id} got {share}", r.label);
+        if r.label == "prequal" {
+            continue;
         }
+        for (id, share) in &r.share {
+            assert!((share - 0.2).abs() < 0.02, "{}: {id} got {share}", r.label);
+        }
+    }
+    // prequal sends a cold server requests only while its recent latency at its level of
+    // requests in flight is the lowest of all those it weighs (every one of these five):
+    // one whose last answers there were slow by chance waits until the others are hot, so
+    // in one run a server's share can fall well below equal (to 11 % with seed 11). Over
+    // runs the shares even out.
+    let prequal = SimStrategy::Classic(StrategyKind::Prequal);
+    let runs: Vec<Report> = (11..19).map(|seed| simulate(&s, prequal, seed)).collect();
+    for id in runs[0].share.keys() {
+        let mean = runs.iter().map(|r| r.share[id]).sum::<f64>() / runs.len() as f64;
+        assert!(
+            (mean - 0.2).abs() < 0.02,
+            "prequal: {id} got {mean} over {} runs",
+            runs.len()
+        );
     }
     let p99: Vec<f64> = reports.iter().map(|r| r.latency_ms.p99).collect();
     let (lo, hi) = (

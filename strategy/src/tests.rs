@@ -306,7 +306,10 @@ fn prequal_hot_threshold_tracks_the_recent_quantile() {
     assert_eq!(w.quantile(0.5, 16), 3);
     assert_eq!(w.quantile(0.84, 16), 5);
     assert_eq!(w.quantile(1.0, 16), 5);
-    assert_eq!(w.quantile(0.2, 16), 1);
+    // A RIF above the threshold is above more than a q share of the samples: 2 is above one
+    // of five (0.2, not more), so at q = 0.2 the threshold is 2.
+    assert_eq!(w.quantile(0.2, 16), 2);
+    assert_eq!(w.quantile(0.19, 16), 1);
     // Only the most recent `window` samples count: the last three are 4, 2, 3.
     assert_eq!(w.quantile(1.0, 3), 4);
     assert_eq!(w.quantile(0.33, 3), 2);
@@ -321,7 +324,13 @@ fn prequal_hot_threshold_tracks_the_recent_quantile() {
         w.push(v);
     }
     assert_eq!(w.quantile(1.0, 4), PREQUAL_MAX_WINDOW + 2);
-    assert_eq!(w.quantile(0.25, 4), PREQUAL_MAX_WINDOW - 1);
+    assert_eq!(w.quantile(0.24, 4), PREQUAL_MAX_WINDOW - 1);
+    assert_eq!(w.quantile(0.25, 4), PREQUAL_MAX_WINDOW);
+    // Two samples at the median: the upper one, so neither of two servers is hot.
+    let two = RifWindow::default();
+    two.push(0);
+    two.push(1);
+    assert_eq!(two.quantile(0.5, 16), 1);
 }
 
 #[test]
@@ -356,8 +365,9 @@ fn prequal_spreads_ties_and_samples_only_eligible_candidates() {
 #[test]
 fn prequal_counts_a_fresh_reported_queue_as_requests_in_flight() {
     let f = prequal_fleet();
-    let p = prequal_all(4, 0.75);
-    // The fastest reports a queue of 3: hot while the report is fresh, cold again after.
+    let p = prequal_all(4, 0.7);
+    // The fastest reports a queue of 3, above the other three of every four samples (more
+    // than a 0.7 share): hot while the report is fresh, cold again after.
     f.loads[1].report(3, 0);
     assert_eq!(counts_with(&p, &State::new(), &f, 10, REPORT_TTL_NS), vec![0, 0, 0, 10]);
     assert_eq!(
