@@ -34,7 +34,11 @@
 //! the fewest in flight. A proxy in front of its servers already knows both without
 //! probing: the RIF is our requests in flight there plus the queue of a fresh ORCA report
 //! ([`Load::ahead`]), and the latency is the recent average for requests sent at the
-//! current level of our requests in flight ([`Load::expected_at_rif_ns`]). Defaults
+//! current level of our requests in flight ([`Load::expected_at_rif_ns`]). Averages are
+//! noisy: cold candidates whose estimates differ from the lowest by less than twice the
+//! standard error of the difference count as tied with it, and the fewer in flight, then
+//! chance, decide among them; otherwise one of two equal servers whose average happens to
+//! be lower takes every request until its queue makes it hot. Defaults
 //! ([`PrequalParams`]): 16 probes (Prequal's probe pool; every server of a pool of up to
 //! 16), hot above the 0.84 quantile of the last 16 sampled RIF values, latency averaged over
 //! about 16 responses per level; all per pool. They were chosen on measurements, see
@@ -166,7 +170,7 @@ impl Params {
     /// Feeds the end of one attempt at a backend (its time to the response header, or to
     /// the failure) into the backend's estimates; `rif` is [`InflightGuard::rif`].
     pub fn observe(&self, load: &Load, rif: u32, rtt_ns: f64, failed: bool, now_ns: u64) {
-        let alpha = 2.0 / (f64::from(self.prequal.latency_window) + 1.0);
+        let alpha = self.prequal.latency_alpha();
         if failed {
             load.observe_failure(rtt_ns, now_ns);
             load.observe_at_rif(rif, rtt_ns.max(self.failure_penalty_ns), alpha);
@@ -234,6 +238,12 @@ impl PrequalParams {
             ));
         }
         errs
+    }
+
+    /// The weight of one response in the per-level latency average: `2 / (window + 1)`,
+    /// which averages over about `latency_window` responses.
+    pub fn latency_alpha(&self) -> f64 {
+        2.0 / (f64::from(self.latency_window.max(1)) + 1.0)
     }
 }
 
@@ -483,7 +493,8 @@ impl RifWindow {
 /// of probes: sample `probes` distinct eligible candidates; record their requests in flight
 /// (ours plus a fresh reported queue, [`Load::ahead`]); those above the `hot_quantile` of
 /// the last `rif_window` recorded values are hot. Pick the cold candidate with the lowest
-/// latency estimate (fewer in flight, then chance, breaking ties); when every candidate is
+/// latency estimate (fewer in flight, then chance, breaking ties, where a tie is a
+/// difference within noise: two standard errors); when every candidate is
 /// hot, the one with the fewest in flight (lower estimate, then chance, breaking ties).
 fn prequal<C: Candidates + ?Sized, R: Rng + ?Sized>(
     params: &Params,
@@ -510,7 +521,8 @@ fn prequal<C: Candidates + ?Sized, R: Rng + ?Sized>(
     }
     ranks[..d].sort_unstable();
     // Map the sorted ranks to candidate indices in one pass.
-    let mut probes = [(0usize, 0u32, 0f64); PREQUAL_MAX_PROBES as usize];
+    let alpha = p.latency_alpha();
+    let mut probes = [(0usize, 0u32, 0f64, 0f64); PREQUAL_MAX_PROBES as usize];
     let (mut seen, mut k) = (0, 0);
     for i in 0..c.len() {
         if k == d {
@@ -523,17 +535,31 @@ fn prequal<C: Candidates + ?Sized, R: Rng + ?Sized>(
             let load = c.load(i);
             let rif = load.ahead(now_ns);
             window.push(rif);
-            probes[k] = (i, rif, load.expected_at_rif_ns());
+            let (est, se) = load.expected_at_rif_ns(alpha);
+            probes[k] = (i, rif, est, se);
             k += 1;
         }
         seen += 1;
     }
     let probes = &probes[..d];
     let threshold = window.quantile(p.hot_quantile, p.rif_window);
+    // The cold candidate with the lowest estimate, and how sure that estimate is.
+    let cold_best = probes
+        .iter()
+        .filter(|&&(_, rif, ..)| rif <= threshold)
+        .map(|&(.., est, se)| (est, se))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
     let mut best: Option<(usize, bool, u32, f64)> = None;
     let mut ties = 0u32;
-    for &(i, rif, est) in probes {
+    for &(i, rif, est, se) in probes {
         let hot = rif > threshold;
+        // A cold estimate within noise of the best one (two standard errors of their
+        // difference) counts as equal to it, so that requests in flight decide between
+        // servers the averages cannot tell apart, as least-loaded rules would.
+        let est = match cold_best {
+            Some((b, b_se)) if !hot && est - b <= 2.0 * (se * se + b_se * b_se).sqrt() => b,
+            _ => est,
+        };
         // Lexicographic: cold before hot; among cold, latency then requests in flight;
         // among hot, requests in flight then latency.
         let key = |hot: bool, rif: u32, est: f64| {

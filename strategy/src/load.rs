@@ -50,6 +50,9 @@ pub struct Load {
     /// Recent successful latency in ns by our requests in flight when each was sent (f64
     /// bits, 0 = none yet); see [`Load::latency_at_rif_ns`].
     by_rif: [AtomicU64; RIF_BUCKETS],
+    /// The spread of those latencies: their exponentially weighted variance in ns² (f64
+    /// bits), per level, with the same weight; see [`Load::latency_at_rif_ns`].
+    by_rif_var: [AtomicU64; RIF_BUCKETS],
     /// The queue length of the latest report.
     reported_queue: AtomicU32,
     /// Time of the latest report, [`NEVER`] before the first.
@@ -64,6 +67,7 @@ impl Default for Load {
             stamp_ns: AtomicU64::new(0),
             failure_bits: AtomicU64::new(0),
             by_rif: std::array::from_fn(|_| AtomicU64::new(0)),
+            by_rif_var: std::array::from_fn(|_| AtomicU64::new(0)),
             reported_queue: AtomicU32::new(0),
             report_ns: AtomicU64::new(NEVER),
         }
@@ -166,16 +170,33 @@ impl Load {
     /// Records what an attempt cost (its latency, or the failure penalty when it failed) in
     /// the average of its RIF bucket: the requests we had in flight at this backend when it
     /// was sent (`rif`, from its [`InflightGuard`]), weight `alpha` per attempt
-    /// (`2 / (window + 1)` averages over about `window` attempts).
+    /// (`2 / (window + 1)` averages over about `window` attempts). The bucket's variance is
+    /// kept with the same weight (West's incremental form), so that a reader can tell a
+    /// difference between two averages from noise.
     pub fn observe_at_rif(&self, rif: u32, rtt_ns: f64, alpha: f64) {
-        let cell = &self.by_rif[(rif as usize).min(RIF_BUCKETS - 1)];
-        let prev = f64::from_bits(cell.load(Relaxed));
-        let next = if prev == 0.0 {
-            rtt_ns
+        let at = (rif as usize).min(RIF_BUCKETS - 1);
+        let prev = f64::from_bits(self.by_rif[at].load(Relaxed));
+        let (mean, var) = if prev == 0.0 {
+            (rtt_ns, 0.0)
         } else {
-            prev + alpha * (rtt_ns - prev)
+            let var = f64::from_bits(self.by_rif_var[at].load(Relaxed));
+            let d = rtt_ns - prev;
+            (prev + alpha * d, (1.0 - alpha) * (var + alpha * d * d))
         };
-        cell.store(next.max(1.0).to_bits(), Relaxed);
+        self.by_rif[at].store(mean.max(1.0).to_bits(), Relaxed);
+        self.by_rif_var[at].store(var.to_bits(), Relaxed);
+    }
+
+    /// The level whose average answers for `rif`: `rif` itself when it has samples, else
+    /// the nearest one that has some, the lower first.
+    fn rif_level(&self, rif: u32) -> Option<usize> {
+        let at = (rif as usize).min(RIF_BUCKETS - 1);
+        let has = |i: usize| self.by_rif[i].load(Relaxed) != 0;
+        (0..RIF_BUCKETS).find_map(|d| {
+            at.checked_sub(d)
+                .filter(|&i| has(i))
+                .or_else(|| Some(at + d).filter(|&i| i < RIF_BUCKETS && has(i)))
+        })
     }
 
     /// Recent cost of requests sent while `rif` of ours were in flight here, failures at the
@@ -183,24 +204,27 @@ impl Load {
     /// flight). A level without samples takes the nearest one that has some, the lower
     /// first; 0 when there is none at all.
     pub fn latency_at_rif_ns(&self, rif: u32) -> f64 {
-        let at = (rif as usize).min(RIF_BUCKETS - 1);
-        let get = |i: usize| f64::from_bits(self.by_rif[i].load(Relaxed));
-        for d in 0..RIF_BUCKETS {
-            if let Some(v) = at.checked_sub(d).map(get).filter(|&v| v != 0.0) {
-                return v;
-            }
-            if let Some(v) = (at + d < RIF_BUCKETS).then(|| get(at + d)).filter(|&v| v != 0.0) {
-                return v;
-            }
-        }
-        0.0
+        self.rif_level(rif)
+            .map_or(0.0, |i| f64::from_bits(self.by_rif[i].load(Relaxed)))
     }
 
-    /// `prequal`'s latency estimate: [`Load::latency_at_rif_ns`] at our current requests in
-    /// flight. Failures are in it where they happened, so it needs no separate failure
-    /// rate: a server that sheds when full is dear when full and cheap when not.
-    pub fn expected_at_rif_ns(&self) -> f64 {
-        self.latency_at_rif_ns(self.inflight())
+    /// [`Load::latency_at_rif_ns`] and its standard error: how far that average may be from
+    /// the level's true mean by chance, `σ·√(α / (2 − α))` for an exponentially weighted
+    /// average of samples with spread σ and weight `alpha`. `(0, 0)` without history.
+    pub fn latency_at_rif_with_error_ns(&self, rif: u32, alpha: f64) -> (f64, f64) {
+        self.rif_level(rif).map_or((0.0, 0.0), |i| {
+            let mean = f64::from_bits(self.by_rif[i].load(Relaxed));
+            let var = f64::from_bits(self.by_rif_var[i].load(Relaxed));
+            (mean, (var * alpha / (2.0 - alpha)).max(0.0).sqrt())
+        })
+    }
+
+    /// `prequal`'s latency estimate and its standard error:
+    /// [`Load::latency_at_rif_with_error_ns`] at our current requests in flight. Failures
+    /// are in it where they happened, so it needs no separate failure rate: a server that
+    /// sheds when full is dear when full and cheap when not.
+    pub fn expected_at_rif_ns(&self, alpha: f64) -> (f64, f64) {
+        self.latency_at_rif_with_error_ns(self.inflight(), alpha)
     }
 
     /// Requests known to be ahead of a new one at this backend: ours in flight plus the

@@ -427,7 +427,8 @@ fn a_fast_failure_is_not_a_fast_answer() {
         let _busy = f.loads[0].track();
         let now = 2000 * 5_000_000;
         let (ok, shed) = if kind == StrategyKind::Prequal {
-            (f.loads[0].expected_at_rif_ns(), f.loads[1].expected_at_rif_ns())
+            let a = p.prequal.latency_alpha();
+            (f.loads[0].expected_at_rif_ns(a).0, f.loads[1].expected_at_rif_ns(a).0)
         } else {
             (f.loads[0].expected_ns(now, &p), f.loads[1].expected_ns(now, &p))
         };
@@ -512,8 +513,83 @@ fn prequal_latency_is_kept_per_level_of_requests_in_flight() {
     assert!((l.latency_at_rif_ns(1) - 12e6).abs() < 1.0);
     // The estimate prequal reads is the one at our current requests in flight.
     let _g: Vec<_> = (0..4).map(|_| l.track()).collect();
-    assert_eq!(l.expected_at_rif_ns(), l.latency_at_rif_ns(4));
+    let a = p.prequal.latency_alpha();
+    assert_eq!(l.expected_at_rif_ns(a), l.latency_at_rif_with_error_ns(4, a));
+    assert_eq!(l.expected_at_rif_ns(a).0, l.latency_at_rif_ns(4));
     assert_eq!(_g[3].rif(), 3, "a guard knows what was in flight before it");
+}
+
+#[test]
+fn prequal_latency_spread_is_tracked_per_level() {
+    let p = params(StrategyKind::Prequal);
+    let a = p.prequal.latency_alpha();
+    let l = Load::new();
+    assert_eq!(l.latency_at_rif_with_error_ns(0, a), (0.0, 0.0), "no history");
+    // One sample: an average, no spread yet. Steady samples keep it at zero.
+    for _ in 0..50 {
+        p.observe(&l, 0, 10e6, false, 0);
+    }
+    assert_eq!(l.latency_at_rif_with_error_ns(0, a), (10e6, 0.0));
+    // Samples alternating 8 and 12 ms (σ = 2 ms): the weighted variance settles near σ²
+    // and the standard error of the average near σ·√(α / (2 − α)), 0.5 ms for α = 2/17.
+    let l = Load::new();
+    for k in 0..2000 {
+        p.observe(&l, 3, if k % 2 == 0 { 8e6 } else { 12e6 }, false, 0);
+    }
+    let (mean, se) = l.latency_at_rif_with_error_ns(3, a);
+    assert!((mean - 10e6).abs() < 0.3e6, "{mean}");
+    let want = 2e6 * (a / (2.0 - a)).sqrt();
+    assert!((se - want).abs() < 0.1 * want, "se {se}, want {want}");
+    // A level without samples borrows the nearest one's average and its error.
+    assert_eq!(l.latency_at_rif_with_error_ns(0, a), (mean, se));
+}
+
+/// Two servers whose recent latencies (sent while none of ours were in flight) average
+/// `a_ms` and `b_ms`, each with the spread of samples alternating ±`jitter_ms`.
+fn noisy_pair(a_ms: f64, b_ms: f64, jitter_ms: f64) -> Fleet {
+    let f = Fleet::new(&[1, 1]);
+    let p = params(StrategyKind::Prequal);
+    for k in 0..200 {
+        let j = if k % 2 == 0 { jitter_ms } else { -jitter_ms };
+        p.observe(&f.loads[0], 0, (a_ms + j) * 1e6, false, 0);
+        p.observe(&f.loads[1], 0, (b_ms + j) * 1e6, false, 0);
+    }
+    f
+}
+
+#[test]
+fn prequal_leaves_a_difference_within_noise_to_requests_in_flight() {
+    let p = prequal_all(2, 0.84);
+    // 10 and 10.5 ms, each ±5 ms: the averages cannot tell them apart (standard error about
+    // 1.3 ms each). Both cold; the one with fewer in flight takes the request, whichever is
+    // the faster on paper.
+    let f = noisy_pair(10.0, 10.5, 5.0);
+    let _busy = f.loads[0].track();
+    assert_eq!(counts_with(&p, &State::new(), &f, 20, 0), vec![0, 20]);
+    let f = noisy_pair(10.5, 10.0, 5.0);
+    let _busy = f.loads[1].track();
+    assert_eq!(counts_with(&p, &State::new(), &f, 20, 0), vec![20, 0]);
+    // Neither busy: a tie, shared at random.
+    let f = noisy_pair(10.0, 10.5, 5.0);
+    let c = counts_with(&p, &State::new(), &f, 2000, 0);
+    assert!(c[0] > 800 && c[1] > 800, "{c:?}");
+}
+
+#[test]
+fn prequal_still_follows_a_clear_latency_difference() {
+    let p = prequal_all(2, 0.84);
+    // 10 and 30 ms, ±1 ms: a difference far beyond the noise decides, even against one
+    // more request in flight (both stay cold: the window holds mostly zeros and ones).
+    let f = noisy_pair(10.0, 30.0, 1.0);
+    let _busy = f.loads[0].track();
+    let state = State::new();
+    for _ in 0..16 {
+        state.rif.push(1);
+    }
+    assert_eq!(counts_with(&p, &state, &f, 20, 0), vec![20, 0]);
+    // The same means with no spread at all: the faster wins every time too.
+    let f = noisy_pair(10.0, 10.5, 0.0);
+    assert_eq!(counts_with(&p, &State::new(), &f, 20, 0), vec![20, 0]);
 }
 
 #[test]
