@@ -5,6 +5,7 @@ import math
 import os
 import random
 import sys
+import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BENCH = os.path.join(ROOT, "docs", "bench")
@@ -212,41 +213,41 @@ def before_after(real, sim):
 # What the tables show, from the run these figures come from (kept by hand: re-read after a re-run).
 FINDINGS = [
     "**Failures cost (s3, s6).** With a fast 503 priced at its failure penalty instead of taken as a fast "
-    "answer, `p2c_ewma` sends the sinkhole almost nothing: 0.14 % errors on s3 (1.90 % before) and a p99 of "
-    "121 ms instead of the deadline; `orca_least_delay` 0.02 % (0.91 %). On s6, where servers shed only while "
-    "their short queue is full, `p2c_ewma` drops from 5.97 % to 3.58 % errors: what is left is two random "
+    "answer, `p2c_ewma` sends the sinkhole almost nothing: 0.10 % errors on s3 (1.90 % before) and a p99 of "
+    "120 ms instead of the deadline; `orca_least_delay` 0.04 % (0.91 %). On s6, where servers shed only while "
+    "their short queue is full, `p2c_ewma` drops from 5.97 % to 3.50 % errors: what is left is two random "
     "choices, both sometimes full; the full-scan rules stay under 0.5 %.",
-    "**`prequal`** (16 candidates, Q_RIF 0.84) is within 1.05× of the best other strategy's p99 (paired, "
-    "95 % interval) on six of seven scenarios and misses on s4 by a hair: 1.050× [1.00, 1.14] against nginx, "
-    "where every strategy but round robin has the same median p99 (126 ms) and one repetition of `prequal` "
-    "drew a 160 ms p99 from the heavy class's tail. It wins s6 (0.75× [0.67, 0.81] against "
-    "`orca_least_delay`, with 0.01 % errors against 0.47 %), s5 (0.93× [0.88, 0.98]) and s1 (0.96× "
-    "[0.93, 0.98]); it is 3–5 % behind the least-loaded rules on the fleets of equals (s0 1.05× [1.04, 1.06], "
-    "s3 1.03×): among many cold servers whose latency estimates differ only by noise, the lowest estimate "
-    "is a random pick, not the least loaded, and the queueing shows (s0 queue p99 32 ms against 3 ms).",
-    "**Probes.** With 3 probes, the power-of-d reading (separate lab run below), `prequal` is 1.02× on "
-    "s0 and s3 but 1.04× on s1 and 1.02× [0.92, 1.11] on s6 with 0.46 % errors: the fast servers it "
-    "sampled are often all hot or full, and it falls to a cold slow one. The model's sweep agrees on the "
-    "direction and puts every point with 8 or 16 probes within 1.03× of the best classic strategy.",
-    "**Skew (s1):** every adaptive strategy keeps round robin's 16 % timeouts away; `prequal` (95 ms) and "
-    "`orca_least_delay` (98 ms) at 0.10× round robin, then `p2c_ewma` (0.19×), then `least_connections`, "
-    "nginx and HAProxy (0.23–0.24×).",
+    "**`prequal`** (16 candidates, Q_RIF 0.84, latency differences within noise left to the requests in "
+    "flight) is within 1.05× of the best other strategy's p99 (paired, 95 % interval) on all seven "
+    "scenarios: s0 1.02× [1.00, 1.04] and s3 1.01× [1.01, 1.02] against nginx, s4 1.00× [1.00, 1.00], s2 "
+    "1.00× (every strategy at the deadline; `prequal` 14.2 % errors against `orca_least_delay`'s 13.8 %). "
+    "It wins s6 (0.73× [0.69, 0.77] against `orca_least_delay`, with 0.01 % errors against 0.45 %), s5 "
+    "(0.87× [0.85, 0.89]) and s1 (0.95× [0.93, 0.96]). On the fleets of equals it still queues a little "
+    "more than the least-loaded rules (s0 queue p99 15 ms against 3 ms): a difference between two "
+    "servers' latency averages larger than two standard errors still decides before the requests in "
+    "flight do, and on a fleet of equals some of those differences are chance.",
+    "**Noise-aware ties.** Before a latency difference within two standard errors was treated as a tie, "
+    "the lowest of several equal averages took every request until its queue made it hot: s0 1.05× "
+    "[1.04, 1.06] and s4 1.05× [1.00, 1.14] in the previous run, s4 queue p99 26 ms (now 1.0 ms).",
+    "**Probes.** With 3 probes, the power-of-d reading (separate lab run below), `prequal` is 1.00–1.01× "
+    "on s0, s3 and s4 but 1.01× on s1 and 0.90× on s6 with 0.21 % errors, against 0.95× and 0.73× "
+    "(0.01 %) with 16: the fast servers it sampled are often all hot or full, and it falls to a cold slow "
+    "one. The model's sweep agrees and puts every point with 8 or 16 probes within 1.01× of the best "
+    "classic strategy.",
+    "**Skew (s1):** every adaptive strategy keeps round robin's 16 % timeouts away; `prequal` (93 ms) and "
+    "`orca_least_delay` (97 ms) at 0.09–0.10× round robin, then `p2c_ewma` (0.16×), then "
+    "`least_connections`, nginx and HAProxy (0.23–0.24×).",
     "**Overload (s2, ramp to 1.3× capacity):** every strategy's p99 sits at the deadline; errors and goodput "
-    "rank them: `orca_least_delay` 14.1 % and 881 req/s, `prequal` 14.2 % and 875, `p2c_ewma` and "
-    "`least_connections` 15.2–15.7 %, round robin 18.0 %. nginx (41.7 % errors) and HAProxy (37.3 %) do "
+    "rank them: `orca_least_delay` 13.8 % and 879 req/s, `prequal` 14.2 % and 876, `least_connections` "
+    "and `p2c_ewma` 15.3–16.6 %, round robin 18.5 %. nginx (43.1 % errors) and HAProxy (35.9 %) do "
     "worse: their passive health marks overloaded backends down on their queue-full 503s and the lost "
     "capacity cascades; ours caps ejections at 10 % of the pool.",
     "**Mixed classes (s4)** and **homogeneous (s0):** every strategy but round robin within 5 % of the best; "
-    "the queueing delay separates them (s4 queue p99: round robin 41 ms, `prequal` 26 ms, the others "
-    "1.0–2.6 ms).",
+    "the queueing delay separates them (s4 queue p99: round robin 43 ms, the others 0.8–1.6 ms).",
     "**ORCA reports** buy little on these fleets: `prequal@no_orca` and `orca_least_delay@no_orca` score "
-    "within a few percent of the strategies with reports in the model, on every scenario (the largest "
-    "gap: `prequal` on s4, 122 ms with reports and 127 ms without).",
-    "**The model's references** (greedy, clairvoyant) sit 2–5 % below `prequal` on s1, s5 and s6, and "
-    "up to 4 % below the best classic strategy on s0 and s3: little room is left for a learned strategy "
-    "on these fleets' p99.",
-    "**The generator lagged** past 5 ms in one repetition of s1 `p2c_ewma` (38.9 ms, flagged after two "
-    "re-runs); the lag is part of that row's latencies.",
+    "within 2 % of the strategies with reports in the model, on every scenario.",
+    "**The model's references** (greedy, clairvoyant) sit within 1 % of `prequal` on s0, s1, s3, s4 and "
+    "s5 and 0–2 % below it on s6: little room is left for a learned strategy on these fleets' p99.",
 ]
 
 THREATS = [
@@ -284,6 +285,11 @@ def main():
     real = [load(n) for n in ("steady", "s2", "s5")]
     sim = load("sim")
     m = real[0]["machine"]
+    # nb-bench pins itself to one CPU in the lab, so a lab run sees one: the model's run (not
+    # pinned) sees the machine.
+    cores = max(r["machine"]["nproc"] for r in real + [sim])
+    started = min(r["started_unix_ms"] for r in real + [sim]) / 1000
+    date = time.strftime("%Y-%m-%d", time.gmtime(started))
     reps = real[0]["scenarios"][0]["reps"]
     sim_reps = sim["scenarios"][0]["reps"]
     lines = [
@@ -291,7 +297,8 @@ def main():
         "",
         "Figures from `./scripts/bench.sh` (the command lines are in that script; `scripts/bench_report.py`",
         "writes this page from `docs/bench/*/results.json`), on one machine of the kind CI uses:",
-        f"{m['nproc']} cores ({m['cpu']}), {m['mem_mib'] // 1024} GiB, Linux {m['kernel']}, nothing else running.",
+        f"{cores} cores ({m['cpu']}), {m['mem_mib'] // 1024} GiB, Linux {m['kernel']}, nothing else running,",
+        f"on {date} (UTC).",
         f"The lab ran {reps} repetitions of every strategy on every scenario, the model {sim_reps}.",
         "Scenarios are described in [`conf/scenarios/README.md`](../conf/scenarios/README.md).",
         "",

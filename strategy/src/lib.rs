@@ -253,8 +253,9 @@ impl PrequalParams {
 /// chosen in the discrete-event model over the lab's seven scenarios and checked in the
 /// lab (`docs/benchmarks.md`, "prequal's parameters"). With 3 probes (the power-of-d
 /// reading) the sampled fast servers are often all hot or full, and the rule falls to a
-/// cold slow one: p99 1.06× the best classic strategy on `s1-static-skew` and 1.02× on
-/// `s6-shedding`, against 0.96× and 0.70× with 16. A lower threshold (the median) helps a
+/// cold slow one: in the model, p99 1.02× the best classic strategy on `s1-static-skew` and
+/// 0.88× on `s6-shedding`, against 0.95× and 0.68× with 16 (lab: 1.01× and 0.90×, against
+/// 0.95× and 0.73×). A lower threshold (the median) helps a
 /// fleet of equals by a point but leaves a server that fails fast, and so holds nothing in
 /// flight, as often the only cold one: in a pool of two healthy servers and one shedding
 /// half its requests with fast 503s it took a quarter of the traffic.
