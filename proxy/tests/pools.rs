@@ -324,7 +324,12 @@ async fn frequent_reloads_do_not_hide_a_hung_server() {
         i += 1;
         proxy.write_upstreams(&format!("{yaml}# reload {i}\n"));
         let (st, body) = proxy.reload(None).await;
-        assert_eq!((st, &body["result"]), (200, &serde_json::json!("applied")), "{body}");
+        // The file watcher may apply the change first; the explicit reload then finds the
+        // files as running.
+        assert!(
+            st == 200 && (body["result"] == "applied" || body["result"] == "unchanged"),
+            "{st} {body}"
+        );
         if proxy.server("hung").await.is_some_and(|s| s["healthy"] == false) {
             down_after = Some(t0.elapsed());
             break;
