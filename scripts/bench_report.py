@@ -503,8 +503,23 @@ def main():
         ]
         with open(store) as f:
             lines += [f.read().rstrip(), ""]
-    with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
+    page = os.path.join(ROOT, "docs", "benchmarks.md")
+    # The learned strategy's section is written by scripts/bench_ml_report.py from its own
+    # run (scripts/bench_ml.sh); keep it.
+    kept = ""
+    if os.path.exists(page):
+        with open(page) as f:
+            text = f.read()
+        if ML_BEGIN in text and ML_END in text:
+            kept = text[text.index(ML_BEGIN):text.index(ML_END) + len(ML_END)]
+    if kept:
+        lines += [kept, ""]
+    with open(page, "w") as f:
         f.write("\n".join(lines))
+
+
+ML_BEGIN = "<!-- the learned strategy: begin -->"
+ML_END = "<!-- the learned strategy: end -->"
 
 
 def res_dir(res):

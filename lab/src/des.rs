@@ -115,6 +115,7 @@
 //! * A backend's cap on a hang (`HANG_LIMIT`, far beyond any deadline): a hang lasts until
 //!   the client's deadline.
 
+pub mod ml;
 mod proxy;
 mod reference;
 
@@ -325,6 +326,8 @@ enum Ev {
     Phase { backend: u32 },
     /// A round of active health checks.
     Health,
+    /// The `ml` scorer re-scores every backend.
+    MlRefresh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,6 +485,27 @@ impl Backend {
     }
 }
 
+/// One pick of the proxy's strategy over `view`: `ml` with its scorer's curves where every
+/// sampled backend has one, else (and for every other strategy) [`strategy::pick`], which
+/// for `ml` is its fallback's pick.
+fn pick_one(
+    params: &Params,
+    state: &strategy::State,
+    scorer: Option<&ml::Scorer>,
+    view: &View<'_>,
+    now: u64,
+    rng: &mut SmallRng,
+) -> Option<usize> {
+    if let (StrategyKind::Ml, Some(s)) = (params.kind, scorer) {
+        match strategy::ml::pick(params, state.rif_window(), view, |i| s.curves[i].as_ref(), now, rng) {
+            strategy::ml::MlPick::Chosen { index, .. } => return Some(index),
+            strategy::ml::MlPick::None => return None,
+            strategy::ml::MlPick::NoCurve => {}
+        }
+    }
+    strategy::pick(params, state, view, now, rng)
+}
+
 /// The proxy's view of its pool for one pick (`upstream::pool::View`).
 struct View<'a> {
     backends: &'a [Backend],
@@ -515,6 +539,8 @@ struct Sim {
     seed: u64,
     params: Params,
     state: strategy::State,
+    /// `ml`'s scorer; `None` for every other strategy.
+    scorer: Option<ml::Scorer>,
     pick_rng: SmallRng,
     schedule: Schedule,
     /// The schedule's next request, due at the pending `Ev::Arrival`.
@@ -581,8 +607,15 @@ impl Sim {
                 decay_ns: settings.ewma_decay_ms as f64 * 1e6,
                 failure_penalty_ns: settings.failure_penalty_ms as f64 * 1e6,
                 prequal: settings.prequal,
+                ml: strategy::MlParams::default(),
             },
             state: strategy::State::new(),
+            // Without a model `ml` decides as its fallback, as the proxy does without scores;
+            // `nb-bench` refuses to simulate `ml` when the model does not load.
+            scorer: match kind {
+                StrategyKind::Ml => ml::model().ok().and_then(|m| ml::Scorer::new(m, n).ok()),
+                _ => None,
+            },
             pick_rng: stream(seed, 2),
             schedule: Schedule::new(&spec),
             next: None,
@@ -625,6 +658,9 @@ impl Sim {
         if self.settings.health_check.is_some() {
             self.push(0, Ev::Health);
         }
+        if self.scorer.is_some() {
+            self.push(0, Ev::MlRefresh);
+        }
         self.schedule_next();
         while let Some(Reverse((now, _, ev))) = self.events.pop() {
             match ev {
@@ -633,6 +669,7 @@ impl Sim {
                 Ev::Deadline { slot, index } => self.deadline(slot, index, now),
                 Ev::Phase { backend } => self.phase(backend, now),
                 Ev::Health => self.health(now),
+                Ev::MlRefresh => self.ml_refresh(now),
             }
         }
         (self.recorder.finish(Some(self.offered)), self.details)
@@ -762,9 +799,10 @@ impl Sim {
                 ignore_ejection: false,
                 panic,
             };
-            let pick = strategy::pick(&self.params, &self.state, &view, now, &mut self.pick_rng).or_else(|| {
+            let (params, state, scorer) = (&self.params, &self.state, self.scorer.as_ref());
+            let pick = pick_one(params, state, scorer, &view, now, &mut self.pick_rng).or_else(|| {
                 view.ignore_ejection = true;
-                strategy::pick(&self.params, &self.state, &view, now, &mut self.pick_rng)
+                pick_one(params, state, scorer, &view, now, &mut self.pick_rng)
             })?;
             self.yielded[pick] = true;
             if !tried.contains(&(pick as u32)) {
@@ -772,6 +810,16 @@ impl Sim {
             }
         }
         None
+    }
+
+    /// `ml`'s scorer: every backend's curve afresh, then the next refresh.
+    fn ml_refresh(&mut self, now: u64) {
+        if let Some(scorer) = &mut self.scorer {
+            scorer.refresh(self.backends.iter().map(|b| &*b.load), now, &self.params);
+            if now + ml::REFRESH_NS <= self.stop_ns {
+                self.push(now + ml::REFRESH_NS, Ev::MlRefresh);
+            }
+        }
     }
 
     /// The references: the up backend this request has not tried with the least cost

@@ -77,6 +77,13 @@ pub struct LabOptions {
     pub proxy_bin: PathBuf,
     /// The `backend-sim` executable.
     pub sim_bin: PathBuf,
+    /// The `model-server` executable, for `ml`.
+    pub model_bin: PathBuf,
+    /// The model file `ml` runs with.
+    pub model: PathBuf,
+    /// Where our proxy writes its request log, one JSONL file per run
+    /// (`<scenario>.<strategy>.s<seed>.jsonl`); `None`: no recording (the default).
+    pub record: Option<PathBuf>,
 }
 
 /// Why a lab run could not be carried out.
@@ -180,11 +187,16 @@ pub fn rep_seed(s: &Scenario, rep: u32) -> u64 {
 /// `neurabalancer` and `backend-sim` next to the running executable (as cargo builds
 /// them), for `--proxy-bin` and `--sim-bin` defaults.
 pub fn sibling_binaries() -> (PathBuf, PathBuf) {
+    (sibling_binary("neurabalancer"), sibling_binary("backend-sim"))
+}
+
+/// The executable `name` next to the running one.
+pub fn sibling_binary(name: &str) -> PathBuf {
     let dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default();
-    (dir.join("neurabalancer"), dir.join("backend-sim"))
+    dir.join(name)
 }
 
 /// Splits `strategies` into what runs in the lab and what is skipped (peers not
@@ -389,7 +401,25 @@ async fn run_once(
         let ports = procs::free_ports(2).map_err(|e| format!("ports: {e}"))?;
         let front = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
-        let mut proxy = start_front(target, scenario, opts, &servers, front, admin, dir.path()).await?;
+        let record = opts.record.as_ref().map(|d| {
+            let name = format!(
+                "{}.{}.s{seed}.jsonl",
+                scenario.name,
+                target.to_string().replace([':', '@'], "_")
+            );
+            d.join(name)
+        });
+        let (mut proxy, scorer) = start_front(
+            target,
+            scenario,
+            opts,
+            &servers,
+            front,
+            admin,
+            dir.path(),
+            record.as_deref(),
+        )
+        .await?;
         let startup = started.elapsed();
         if Instant::now() + READY_MARGIN > epoch {
             // Too slow for the chosen start: tear down (on drop) and retry with more slack.
@@ -402,7 +432,7 @@ async fn run_once(
         fleet.check_running()?;
         proxy.check_running()?;
         report.set_decisions(fleet_decisions(stats).await?);
-        drop((proxy, fleet, dir));
+        drop((proxy, scorer, fleet, dir));
         return Ok(report.with_label(target.to_string()));
     }
     Err(format!(
@@ -482,7 +512,10 @@ async fn fleet_decisions(stats: SocketAddr) -> Result<BTreeMap<String, u64>, Str
     Ok(counts.into_iter().map(|c| (c.id, c.measured)).collect())
 }
 
-/// Starts the proxy in front of `servers` on `front` and waits until it is ready.
+/// Starts the proxy in front of `servers` on `front` and waits until it is ready; for `ml`
+/// also its model server (on the proxy's CPU: what `ml` costs, it costs there), returned
+/// second. `record`: our proxy's request log.
+#[allow(clippy::too_many_arguments)]
 async fn start_front(
     target: &Target,
     scenario: &Scenario,
@@ -491,20 +524,34 @@ async fn start_front(
     front: SocketAddr,
     admin: SocketAddr,
     dir: &Path,
-) -> Result<ChildGuard, String> {
+    record: Option<&Path>,
+) -> Result<(ChildGuard, Option<ChildGuard>), String> {
     let write = |name: &str, text: String| {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok::<PathBuf, String>(path)
     };
     let log = dir.join("proxy.log");
+    let mut scorer = None;
     let mut child = match target {
         Target::Ours(_) => {
             write(
                 "upstreams.yaml",
                 configs::neurabalancer_upstreams(target.strategy(), scenario, servers),
             )?;
-            let main = write("neurabalancer.yaml", configs::neurabalancer_main(front, admin, dir))?;
+            let mut text = configs::neurabalancer_main(front, admin, dir);
+            if target.strategy() == "ml" {
+                let addr = SocketAddr::from((
+                    Ipv4Addr::LOCALHOST,
+                    procs::free_ports(1).map_err(|e| format!("ports: {e}"))?[0],
+                ));
+                scorer = Some(start_model_server(opts, addr, dir).await?);
+                text += &configs::neurabalancer_ml(addr);
+            }
+            if let Some(file) = record {
+                text += &configs::neurabalancer_record(file);
+            }
+            let main = write("neurabalancer.yaml", text)?;
             let mut cmd = Command::new(&opts.proxy_bin);
             cmd.arg("run")
                 .arg("--config")
@@ -537,6 +584,20 @@ async fn start_front(
         }
     };
     procs::wait_listening(&mut child, &[front], READY_LIMIT).await?;
+    Ok((child, scorer))
+}
+
+/// Starts `model-server` with the run's model on `addr` and waits until it has loaded it.
+async fn start_model_server(opts: &LabOptions, addr: SocketAddr, dir: &Path) -> Result<ChildGuard, String> {
+    let mut cmd = Command::new(&opts.model_bin);
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--model")
+        .arg(&opts.model)
+        .env("RUST_LOG", "warn");
+    let mut child = ChildGuard::spawn_as(Role::Proxy, "model-server", &mut cmd, &dir.join("model-server.log"))
+        .map_err(|e| e.to_string())?;
+    procs::wait_http_200(&mut child, addr, "/health", READY_LIMIT).await?;
     Ok(child)
 }
 

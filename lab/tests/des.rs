@@ -15,8 +15,12 @@ fn scenario(yaml: &str) -> Scenario {
     Scenario::parse("test", yaml).expect("valid scenario")
 }
 
+/// The hand-written strategies (`ml` has tests of its own, below).
 fn classic() -> impl Iterator<Item = SimStrategy> {
-    StrategyKind::ALL.into_iter().map(SimStrategy::Classic)
+    StrategyKind::ALL
+        .into_iter()
+        .filter(|&k| k != StrategyKind::Ml)
+        .map(SimStrategy::Classic)
 }
 
 /// Within the histogram's resolution (3 significant digits).
@@ -579,4 +583,34 @@ fn orca_least_delay_uses_the_reports_and_falls_back_without_them() {
             fallback.latency_ms
         );
     }
+}
+
+/// `ml` in the model scores the shipped model in-process (the model server's library): a
+/// seed still determines the run, and on a fleet with two slow servers it sends them next
+/// to nothing and is at least as good as `prequal` on p99.
+#[test]
+fn ml_runs_the_real_model_deterministically_and_avoids_slow_servers() {
+    nb_lab::des::ml::model().expect("the shipped model loads (scripts/setup.sh installs the ONNX runtime)");
+    let s = scenario(
+        "name: two-speed\nduration_s: 20\nwarmup_s: 5\nload: { capacity_fraction: 0.6 }\nfleet:\n  - { id: fast, count: 8, slots: 4, service: { dist: exponential, mean_ms: 10 } }\n  - { id: slow, count: 2, slots: 4, service: { dist: exponential, mean_ms: 80 } }\n",
+    );
+    let ml = SimStrategy::Classic(StrategyKind::Ml);
+    let a = simulate(&s, ml, 3);
+    assert_eq!(a, simulate(&s, ml, 3), "a seed determines the run");
+    let slow: f64 = a
+        .share
+        .iter()
+        .filter(|(id, _)| id.starts_with("slow"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(slow < 0.05, "ml sends {slow} to the slow pair");
+    let prequal = simulate(&s, SimStrategy::Classic(StrategyKind::Prequal), 3);
+    assert!(
+        a.latency_ms.p99 <= prequal.latency_ms.p99 * 1.05,
+        "ml {:?} vs prequal {:?}",
+        a.latency_ms,
+        prequal.latency_ms
+    );
+    let rr = simulate(&s, SimStrategy::Classic(StrategyKind::RoundRobin), 3);
+    assert!(a.latency_ms.p99 < rr.latency_ms.p99 / 2.0);
 }

@@ -1,14 +1,24 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use model_server::{Config, Server, DEFAULT_LISTEN, DEFAULT_MODEL};
 
-/// NeuraBalancer's model server.
+/// NeuraBalancer's model server: scores backends with the learned latency model.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// The ONNX model file; watched, and hot-swapped when it changes. It may appear later.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// How often the model file is checked for a change, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    watch_interval_ms: u64,
 }
 
 #[tokio::main]
@@ -25,13 +35,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %args.listen, "model-server listening");
+    tracing::info!(listen = %args.listen, model = %args.model.display(), "model-server listening");
+    let server = Server::new(Config {
+        model_path: args.model,
+        watch_interval: Duration::from_millis(args.watch_interval_ms.max(1)),
+    });
     tokio::select! {
-        r = model_server::run(listener) => match r {
+        r = server.run(listener) => match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => { eprintln!("model-server: {e}"); ExitCode::FAILURE }
         },
-        _ = shutdown_signal() => ExitCode::SUCCESS,
+        () = shutdown_signal() => ExitCode::SUCCESS,
     }
 }
 

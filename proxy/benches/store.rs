@@ -76,8 +76,12 @@ fn record(i: u64, backends: &[Arc<String>]) -> RequestRecord {
             reported_cpu: Some(0.4),
             reported_queue: Some(2.0),
             reported_rps: Some(120.0),
+            failure_rate: 0.01,
+            latency_rif_ms: Some(1.5),
         }),
         predicted_latency_us: None,
+        ml_decided: None,
+        ml_fallback: None,
         client_addr: None,
     }
 }

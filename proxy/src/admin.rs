@@ -24,6 +24,8 @@ use crate::clock;
 use crate::control::{self, Trigger};
 use crate::metrics::metrics;
 use crate::state::Shared;
+use crate::strategy::ml::CURVE_LEVELS;
+use crate::strategy::StrategyKind;
 use crate::upstream::{Health, Membership};
 
 pub struct Admin {
@@ -75,9 +77,31 @@ struct ServerRow {
     expected_ms: Option<f64>,
     error_rate: f64,
     requests: u64,
-    /// Latest learned-model score; null until a pool uses the `ml` strategy.
-    ml_score: Option<f64>,
+    /// The latest learned-model score at the server's current requests in flight; null
+    /// where the scorer has none (the pool's strategy is not `ml`, or no refresh scored it).
+    ml_score: Option<MlScore>,
     strategy: String,
+}
+
+/// A server's latest `ml` score, read at its current requests in flight.
+#[derive(Serialize)]
+struct MlScore {
+    /// The model's latency of a success, times the calibration, in ms.
+    predicted_latency_ms: f64,
+    /// The model's failure probability.
+    p_fail: f64,
+    /// What the decision weighs: the expected cost of a request sent now, failures at the
+    /// pool's penalty, calibrated, in ms.
+    expected_cost_ms: f64,
+    /// The server's calibration factor (its measured cost over the model's prediction).
+    calibration: f64,
+    /// The level of requests in flight read (the curve's last level, 15, serves above it).
+    inflight: u32,
+    model_version: String,
+    /// Time since the rows were built.
+    age_ms: u64,
+    /// Why the pool's decisions fall back right now (null: the model decides).
+    fallback: Option<&'static str>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
@@ -135,7 +159,34 @@ impl Admin {
         for name in names {
             let pool = &upstreams.pools[name];
             let params = **pool.shared.params.load();
+            let ml_view = pool.shared.ml.load();
+            let fallback = (params.kind == StrategyKind::Ml)
+                .then(|| crate::ml::usable(ml_view.as_deref(), now).err().map(|r| r.as_str()))
+                .flatten();
             for s in pool.members().all() {
+                // Only while the pool's strategy is `ml`: a pool that left it keeps its last
+                // view, which no longer decides anything.
+                let scores = ml_view
+                    .as_ref()
+                    .filter(|_| params.kind == StrategyKind::Ml)
+                    .and_then(|v| v.scores.as_ref());
+                let ml_score = scores.and_then(|scores| {
+                    let curve = scores.curve(s.slot())?;
+                    let inflight = s.load.inflight();
+                    // The level a decision reads now (the queue's growth since scoring counted).
+                    let at = curve.level(&s.load, now, params.ml.orca);
+                    let level = (at as usize).min(CURVE_LEVELS - 1);
+                    Some(MlScore {
+                        predicted_latency_ms: curve.predicted_us(at) / 1e3,
+                        p_fail: f64::from(curve.p_fail[level]),
+                        expected_cost_ms: crate::strategy::ml::cost_ns(curve, &s.load, now, &params) / 1e6,
+                        calibration: curve.calibration,
+                        inflight,
+                        model_version: scores.model_version.to_string(),
+                        age_ms: now.saturating_sub(scores.at_ns) / 1_000_000,
+                        fallback,
+                    })
+                });
                 let est = s.load.latency_estimate_ns(now, params.decay_ns);
                 let expected = s.load.expected_ns(now, &params);
                 rows.push(ServerRow {
@@ -153,7 +204,7 @@ impl Admin {
                     expected_ms: (expected > 0.0).then_some(expected / 1e6),
                     error_rate: s.error_rate(),
                     requests: s.requests(),
-                    ml_score: None,
+                    ml_score,
                     strategy: params.kind.to_string(),
                 });
             }

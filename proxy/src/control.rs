@@ -52,7 +52,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Main-file keys that only take effect at start.
+/// Main-file keys that only take effect at start (`upstreams_file` and `ml` apply on reload).
 fn restart_only_changes(old: &MainConfig, new: &MainConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |key: &str, changed: bool| {
@@ -66,7 +66,6 @@ fn restart_only_changes(old: &MainConfig, new: &MainConfig) -> Vec<String> {
     check("server", old.server != new.server);
     check("telemetry", old.telemetry != new.telemetry);
     check("storage", old.storage != new.storage);
-    check("ml", old.ml != new.ml);
     check("http", old.http != new.http);
     out
 }
@@ -128,10 +127,12 @@ pub fn reload(shared: &Shared, trigger: Trigger) -> Result<Applied, ConfigErrors
     shared.upstreams.store(Arc::new(upstreams));
     let version = current.version + 1;
     let hash = loaded.hash.clone();
-    // Keep the running process settings: only the upstreams part was applied.
+    // Keep the running process settings: only the upstreams part and `ml` (which the
+    // scorer reads at every refresh, and the pools got with the upstreams) were applied.
     let effective = LoadedConfig {
         main: MainConfig {
             upstreams_file: loaded.main.upstreams_file.clone(),
+            ml: loaded.main.ml.clone(),
             ..current.loaded.main.clone()
         },
         ..loaded

@@ -6,7 +6,8 @@
 //! `ProxyHttp` phases), [`downstream`] (client connections and their timeouts),
 //! [`headers`], [`path`] and [`cidr`] (what the proxy believes of a request), [`health`]
 //! (active checks), [`control`] (reloads, drain), [`admin`] (admin API), [`metrics`], [`store`] (request records to PostgreSQL and
-//! JSONL), [`features`] (what a decision sees), [`server`] (assembly).
+//! JSONL), [`features`] (what a decision sees), [`ml`] (the learned strategy's scores, scorer and
+//! fallback), [`server`] (assembly).
 
 pub mod admin;
 pub mod cidr;
@@ -18,6 +19,7 @@ pub mod features;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod ml;
 pub mod orca;
 pub mod path;
 pub mod proxy;

@@ -6,7 +6,12 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::ml::Fallback;
 
 use crate::upstream::Upstreams;
 
@@ -33,7 +38,20 @@ pub struct Metrics {
     pub store_written: IntCounterVec,
     pub store_dropped: IntCounterVec,
     pub store_errors: IntCounterVec,
+    /// Rows the model server scored.
+    pub ml_predictions: IntCounter,
+    /// Failed scoring refreshes (the call, or reading the model's features).
+    pub ml_errors: IntCounter,
+    pub ml_fallback: IntCounterVec,
+    /// `ml_fallback` by [`Fallback::index`], looked up once (decisions count here).
+    ml_fallback_by: [IntCounter; Fallback::ALL.len()],
+    pub ml_circuit_open: IntGauge,
+    pub ml_inference: Histogram,
+    pub ml_decisions: IntCounterVec,
 }
+
+/// Buckets of the scoring call: it should take a few ms; `ml.timeout_ms` defaults to 50.
+const INFERENCE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -66,7 +84,60 @@ impl Metrics {
         registry
             .register(Box::new(duration.clone()))
             .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let ml_inference = Histogram::with_opts(
+            HistogramOpts::new(
+                "neurabalancer_ml_inference_duration_seconds",
+                "Duration of the scoring calls to the model server (one per refresh, every ml pool's rows), failed ones included.",
+            )
+            .buckets(INFERENCE_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(ml_inference.clone()))
+            .unwrap_or_else(|e| panic!("register histogram: {e}"));
+        let ml_circuit_open = IntGauge::new(
+            "neurabalancer_ml_circuit_breaker_open",
+            "1 while the scorer's circuit breaker is open (no call to the model server; ml pools use their fallback).",
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(ml_circuit_open.clone()))
+            .unwrap_or_else(|e| panic!("register gauge: {e}"));
+        let ml_fallback = counter(
+            &registry,
+            "neurabalancer_ml_fallback_total",
+            "Decisions of ml pools made by their fallback strategy, by reason (model_server_error, timeout, stale_scores, circuit_open, no_scores).",
+            &["reason"],
+        );
+        let ml_fallback_by = Fallback::ALL.map(|r| ml_fallback.with_label_values(&[r.as_str()]));
+        let one = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
+            c
+        };
+        let ml_predictions = one(
+            "neurabalancer_ml_predictions_total",
+            "Rows the model server scored (16 levels of requests in flight per server per refresh).",
+        );
+        let ml_errors = one(
+            "neurabalancer_ml_errors_total",
+            "Failed scoring refreshes: the model server refused, reset, timed out, answered other than 200 or unreadably, or serves a model the proxy cannot feed.",
+        );
         let m = Metrics {
+            ml_predictions,
+            ml_errors,
+            ml_fallback,
+            ml_fallback_by,
+            ml_circuit_open,
+            ml_inference,
+            ml_decisions: counter(
+                &registry,
+                "neurabalancer_ml_decisions_total",
+                "Decisions of ml pools made by the model's scores, by pool.",
+                &["pool"],
+            ),
             requests: counter(
                 &registry,
                 "neurabalancer_http_requests_total",
@@ -153,6 +224,11 @@ impl Metrics {
             m.config_reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// The fallback counter of `reason`.
+    pub fn ml_fallback_for(&self, reason: Fallback) -> &IntCounter {
+        &self.ml_fallback_by[reason.index()]
     }
 
     /// Prometheus text exposition, with live gauges refreshed from `upstreams`.

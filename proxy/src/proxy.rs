@@ -5,7 +5,7 @@
 //! | `new_ctx` | counts the request in flight for graceful shutdown |
 //! | `early_request_filter` | the client timeouts for the body and the response (`http.client_timeouts`) |
 //! | `request_filter` | peer trust, client address and request id; path normalised (400 when invalid); route by Host and path to a pool (404 when none) |
-//! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones; when none: 503 if no server was tried, else the last failure (502/504); its in-flight guard starts |
+//! | `upstream_peer` | the pool's strategy picks a backend among eligible, untried ones (`ml`: the model's curves, or its fallback; what decided goes into the record); when none: 503 if no server was tried, else the last failure (502/504); its in-flight guard starts |
 //! | `upstream_request_filter` | hop-by-hop headers out, `X-Forwarded-*` (by the trust rule of `headers.rs`) and `X-Request-Id` in |
 //! | `upstream_response_filter` | latency sample into the peak EWMA; passive health (5xx runs); the backend's ORCA load report read (and removed); hop-by-hop out |
 //! | `response_filter` | `X-Request-Id` echoed to the client; `Connection: close` while draining |
@@ -32,6 +32,7 @@ use crate::config::{HttpConfig, RequestIdMode};
 use crate::features::Features;
 use crate::headers;
 use crate::metrics::{self, metrics};
+use crate::ml::Decision;
 use crate::orca;
 use crate::path::{self, PathOptions};
 use crate::state::Shared;
@@ -147,6 +148,8 @@ struct RecordCtx {
     /// chose it.
     features: Option<Features>,
     strategy: Option<&'static str>,
+    /// What decided the chosen backend (for `ml` pools: the model or its fallback, and why).
+    decision: Option<Decision>,
     upstream_latency_us: Option<i64>,
 }
 
@@ -287,7 +290,7 @@ impl ProxyHttp for Proxy {
         let Some(pool) = ctx.pool.clone() else {
             return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
         };
-        let Some(backend) = pool.select(&ctx.tried) else {
+        let Some((backend, decision)) = pool.select_decided(&ctx.tried) else {
             return Err(no_backend(&pool.name, ctx.last_failure.as_ref()));
         };
         let cfg = pool.config();
@@ -301,8 +304,9 @@ impl ProxyHttp for Proxy {
         if let Some(rec) = &mut ctx.rec {
             // Before this request counts in flight: what the decision saw.
             let params = pool.shared.params.load();
-            rec.features = Some(Features::of(&backend, now, params.decay_ns));
+            rec.features = Some(Features::of(&backend, now, &params));
             rec.strategy = Some(params.kind.as_str());
+            rec.decision = Some(decision);
         }
         ctx.backend_guard = Some(backend.load.track());
         ctx.backend = Some(backend);
@@ -460,7 +464,9 @@ impl ProxyHttp for Proxy {
                 retries: ctx.retries,
                 strategy: rec.strategy,
                 features: rec.features,
-                predicted_latency_us: None,
+                predicted_latency_us: rec.decision.and_then(Decision::predicted_us),
+                ml_decided: rec.decision.and_then(Decision::ml_decided),
+                ml_fallback: rec.decision.and_then(Decision::fallback),
                 client_addr: ctx.client_ip,
             });
         }

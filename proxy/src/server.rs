@@ -1,6 +1,6 @@
-//! Assembles the Pingora server: the proxy service, the admin service, the control
-//! background service and (when recording) the store's, with Pingora's settings taken from
-//! our configuration.
+//! Assembles the Pingora server: the proxy service, the admin service, the control and
+//! `ml` scorer background services and (when recording) the store's, with Pingora's settings
+//! taken from our configuration.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -184,9 +184,12 @@ pub fn run(main: &Path, upgrade: bool) -> Result<(), StartError> {
         },
     );
 
+    let scorer = background_service("ml-scorer", crate::ml::Scorer { shared: shared.clone() });
+
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(control);
+    server.add_service(scorer);
     if let Some(store) = store {
         store.attach(shared.clone());
         server.add_service(background_service("store", store));

@@ -27,15 +27,6 @@ async fn reporting(id: &str, slots: u32, service_ms: f64) -> BackendHandle {
     spawn_profile(p, Instant::now()).await.expect("backend")
 }
 
-/// Runs `concurrency` client loops against `url` for `secs` seconds.
-async fn run_for(url: String, concurrency: usize, secs: u64) -> Vec<(u16, String)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let run = load(url, concurrency, stop.clone());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Relaxed);
-    run.await.expect("load")
-}
-
 fn share(results: &[(u16, String)], id: &str) -> f64 {
     tally(results).get(id).copied().unwrap_or(0) as f64 / results.len().max(1) as f64
 }

@@ -15,6 +15,7 @@
 //! | `p2c_ewma` | power of two choices over peak-EWMA latency × (in-flight + 1) (Mitzenmacher; Finagle, Linkerd) | O(n) scan for eligibility, two cost reads |
 //! | `orca_least_delay` | least expected delay over every candidate: peak-EWMA latency × (in-flight + the backend's reported queue + 1); ties broken at random | O(n) |
 //! | `prequal` | Prequal's hot-cold lexicographic rule over `probes` sampled candidates (NSDI 2024; see below) | O(n) scan for eligibility, O(`rif_window`) quantile |
+//! | `ml` | the same rule with a learned model's expected cost at each candidate's current requests in flight ([`ml`]); without the model's curves, its fallback | as `prequal`, plus one curve read per probe |
 //!
 //! **Failures cost.** Every strategy that learns from latency (`p2c_ewma`,
 //! `orca_least_delay`, `prequal`) prices a backend by what a request sent there is expected
@@ -68,6 +69,7 @@
 //! `p2c_ewma`.
 
 mod load;
+pub mod ml;
 mod wrr;
 
 use std::fmt;
@@ -78,6 +80,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub use load::{InflightGuard, Load, FAILURE_WEIGHT, NO_HISTORY_PENALTY_NS, REPORT_TTL_NS};
+pub use ml::MlParams;
 pub use wrr::Schedule;
 
 /// The strategies a pool can use.
@@ -91,10 +94,13 @@ pub enum StrategyKind {
     P2cEwma,
     OrcaLeastDelay,
     Prequal,
+    /// The learned strategy ([`ml`]); [`pick`] alone, without the model's curves, decides
+    /// as its fallback does.
+    Ml,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 7] = [
+    pub const ALL: [StrategyKind; 8] = [
         StrategyKind::RoundRobin,
         StrategyKind::WeightedRoundRobin,
         StrategyKind::LeastConnections,
@@ -102,6 +108,7 @@ impl StrategyKind {
         StrategyKind::P2cEwma,
         StrategyKind::OrcaLeastDelay,
         StrategyKind::Prequal,
+        StrategyKind::Ml,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +120,7 @@ impl StrategyKind {
             StrategyKind::P2cEwma => "p2c_ewma",
             StrategyKind::OrcaLeastDelay => "orca_least_delay",
             StrategyKind::Prequal => "prequal",
+            StrategyKind::Ml => "ml",
         }
     }
 }
@@ -154,6 +162,7 @@ pub struct Params {
     /// ([`Load::expected_ns`]).
     pub failure_penalty_ns: f64,
     pub prequal: PrequalParams,
+    pub ml: MlParams,
 }
 
 impl Params {
@@ -164,6 +173,7 @@ impl Params {
             decay_ns: DEFAULT_DECAY_MS as f64 * 1e6,
             failure_penalty_ns: DEFAULT_FAILURE_PENALTY_MS as f64 * 1e6,
             prequal: PrequalParams::default(),
+            ml: MlParams::default(),
         }
     }
 
@@ -283,6 +293,12 @@ impl State {
     pub fn new() -> Self {
         State::default()
     }
+
+    /// The recent requests-in-flight samples `prequal` and `ml` take their hot threshold
+    /// from.
+    pub fn rif_window(&self) -> &RifWindow {
+        &self.rif
+    }
 }
 
 /// Picks one eligible candidate.
@@ -312,6 +328,17 @@ pub fn pick<C: Candidates + ?Sized, R: Rng + ?Sized>(
         StrategyKind::P2cEwma => p2c(c, now_ns, params, rng),
         StrategyKind::OrcaLeastDelay => least_by(c, rng, |l| l.delay_cost(now_ns, params)),
         StrategyKind::Prequal => prequal(params, &state.rif, c, now_ns, rng),
+        StrategyKind::Ml => {
+            // Without the model's curves `ml` decides as its fallback does.
+            let fallback = Params {
+                kind: match params.ml.fallback {
+                    StrategyKind::Ml => StrategyKind::P2cEwma,
+                    k => k,
+                },
+                ..*params
+            };
+            pick(&fallback, state, c, now_ns, rng)
+        }
     }
 }
 
@@ -449,7 +476,7 @@ where
 /// distribution its hot threshold is a quantile of. Lock-free: each sample takes a slot with
 /// one `fetch_add`; a reader that races a writer sees the slot's old or new value.
 #[derive(Debug)]
-struct RifWindow {
+pub struct RifWindow {
     next: AtomicUsize,
     samples: Box<[AtomicU32]>,
 }
@@ -464,7 +491,7 @@ impl Default for RifWindow {
 }
 
 impl RifWindow {
-    fn push(&self, rif: u32) {
+    pub fn push(&self, rif: u32) {
         let i = self.next.fetch_add(1, Relaxed) % self.samples.len();
         self.samples[i].store(rif, Relaxed);
     }
@@ -474,7 +501,7 @@ impl RifWindow {
     /// a RIF above it is above more than a `q` share of the samples. With two samples 0 and 1
     /// and `q` = 0.5 it is 1: neither is hot, where the lower median would make the busier of
     /// two servers hot whatever the other's latency.
-    fn quantile(&self, q: f64, window: u32) -> u32 {
+    pub fn quantile(&self, q: f64, window: u32) -> u32 {
         let len = self.samples.len();
         let taken = self.next.load(Relaxed);
         let n = taken.min(window as usize).clamp(1, len);
@@ -487,6 +514,45 @@ impl RifWindow {
         let rank = ((q * n as f64).floor() as usize).min(n - 1);
         *buf[..n].select_nth_unstable(rank).1
     }
+}
+
+/// Samples up to `probes` distinct eligible candidates (at most [`PREQUAL_MAX_PROBES`])
+/// into `out`, in index order; returns how many.
+pub(crate) fn sample_eligible<C: Candidates + ?Sized, R: Rng + ?Sized>(
+    c: &C,
+    probes: u32,
+    out: &mut [usize; PREQUAL_MAX_PROBES as usize],
+    rng: &mut R,
+) -> usize {
+    let m = (0..c.len()).filter(|&i| c.eligible(i)).count();
+    let d = (probes.max(1) as usize).min(m).min(PREQUAL_MAX_PROBES as usize);
+    // d distinct ranks among the eligible, by rejection (d is small).
+    let mut ranks = [0usize; PREQUAL_MAX_PROBES as usize];
+    let mut k = 0;
+    while k < d {
+        let r = rng.random_range(0..m);
+        if !ranks[..k].contains(&r) {
+            ranks[k] = r;
+            k += 1;
+        }
+    }
+    ranks[..d].sort_unstable();
+    // Map the sorted ranks to candidate indices in one pass.
+    let (mut seen, mut k) = (0, 0);
+    for i in 0..c.len() {
+        if k == d {
+            break;
+        }
+        if !c.eligible(i) {
+            continue;
+        }
+        if seen == ranks[k] {
+            out[k] = i;
+            k += 1;
+        }
+        seen += 1;
+    }
+    d
 }
 
 /// Prequal's hot-cold lexicographic rule (Wydrowski, Kleinberg, Rumble, "Load is not what
@@ -505,42 +571,19 @@ fn prequal<C: Candidates + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<usize> {
     let p = &params.prequal;
-    let m = (0..c.len()).filter(|&i| c.eligible(i)).count();
-    let d = (p.probes.max(1) as usize).min(m).min(PREQUAL_MAX_PROBES as usize);
+    let mut sampled = [0usize; PREQUAL_MAX_PROBES as usize];
+    let d = sample_eligible(c, p.probes, &mut sampled, rng);
     if d == 0 {
         return None;
     }
-    // d distinct ranks among the eligible, by rejection (d is small).
-    let mut ranks = [0usize; PREQUAL_MAX_PROBES as usize];
-    let mut k = 0;
-    while k < d {
-        let r = rng.random_range(0..m);
-        if !ranks[..k].contains(&r) {
-            ranks[k] = r;
-            k += 1;
-        }
-    }
-    ranks[..d].sort_unstable();
-    // Map the sorted ranks to candidate indices in one pass.
     let alpha = p.latency_alpha();
     let mut probes = [(0usize, 0u32, 0f64, 0f64); PREQUAL_MAX_PROBES as usize];
-    let (mut seen, mut k) = (0, 0);
-    for i in 0..c.len() {
-        if k == d {
-            break;
-        }
-        if !c.eligible(i) {
-            continue;
-        }
-        if seen == ranks[k] {
-            let load = c.load(i);
-            let rif = load.ahead(now_ns);
-            window.push(rif);
-            let (est, se) = load.expected_at_rif_ns(alpha);
-            probes[k] = (i, rif, est, se);
-            k += 1;
-        }
-        seen += 1;
+    for (slot, &i) in probes.iter_mut().zip(&sampled[..d]) {
+        let load = c.load(i);
+        let rif = load.ahead(now_ns);
+        window.push(rif);
+        let (est, se) = load.expected_at_rif_ns(alpha);
+        *slot = (i, rif, est, se);
     }
     let probes = &probes[..d];
     let threshold = window.quantile(p.hot_quantile, p.rif_window);

@@ -208,6 +208,22 @@ impl Load {
             .map_or(0.0, |i| f64::from_bits(self.by_rif[i].load(Relaxed)))
     }
 
+    /// The recent cost at exactly level `rif` (15 and above share the last level), `None`
+    /// when that level has no samples. The `ml` strategy's calibration compares it with
+    /// the model's prediction at the same level.
+    pub fn latency_at_rif_exact_ns(&self, rif: u32) -> Option<f64> {
+        let at = (rif as usize).min(RIF_BUCKETS - 1);
+        Some(f64::from_bits(self.by_rif[at].load(Relaxed))).filter(|&v| v != 0.0)
+    }
+
+    /// [`Load::latency_at_rif_exact_ns`] decayed towards zero for the time since the
+    /// backend's last observation, as the latency estimate is: a level that cost much once
+    /// does not keep a backend that is no longer sent anything away for ever.
+    pub fn latency_at_rif_recent_ns(&self, rif: u32, now_ns: u64, decay_ns: f64) -> Option<f64> {
+        self.latency_at_rif_exact_ns(rif)
+            .map(|v| self.decayed(v, now_ns, decay_ns))
+    }
+
     /// [`Load::latency_at_rif_ns`] and its standard error: how far that average may be from
     /// the level's true mean by chance, `σ·√(α / (2 − α))` for an exponentially weighted
     /// average of samples with spread σ and weight `alpha`. `(0, 0)` without history.

@@ -624,3 +624,242 @@ proptest! {
         }
     }
 }
+
+mod ml_tests {
+    use super::*;
+    use crate::ml::{self, Curve, MlPick, RowPlan, CURVE_LEVELS, FEATURES};
+
+    fn flat(latency_ms: f32, p_fail: f32, slope_ms: f32) -> (Vec<f32>, Vec<f32>) {
+        let lat = (0..CURVE_LEVELS).map(|k| latency_ms + slope_ms * k as f32).collect();
+        (lat, vec![p_fail; CURVE_LEVELS])
+    }
+
+    fn curve(p: &Params, latency_ms: f32, p_fail: f32, slope_ms: f32) -> Curve {
+        let (l, f) = flat(latency_ms, p_fail, slope_ms);
+        Curve::new(&l, &f, p, 1.0).expect("curve")
+    }
+
+    #[test]
+    fn feature_rows_use_the_contract_units_and_order() {
+        let p = params(StrategyKind::Ml);
+        let l = Load::new();
+        l.observe(25e6, 1_000, p.decay_ns);
+        l.observe_at_rif(2, 40e6, 0.5);
+        l.observe_failure(1e5, 1_000);
+        l.report(3, 1_000);
+        let r = ml::feature_row(&l, 2, 2, 1_000, &p, true);
+        assert_eq!(FEATURES[0].name, "inflight");
+        assert_eq!(r[0], 2.0);
+        assert_eq!((r[1], r[2]), (3.0, 1.0), "reported queue and its flag");
+        assert!((r[3] - 25.0).abs() < 1e-3, "peak-EWMA in ms: {}", r[3]);
+        assert!((r[4] - 40.0).abs() < 1e-3, "latency at the level in ms: {}", r[4]);
+        assert!((r[5] - FAILURE_WEIGHT as f32).abs() < 1e-6, "failure rate: {}", r[5]);
+        assert_eq!(r[6], 2.0);
+        let r = ml::feature_row(&l, 2, 2, 1_000, &p, false);
+        assert_eq!((r[1], r[2]), (0.0, 0.0), "orca off: no report");
+        let later = 1_000 + REPORT_TTL_NS + 1;
+        let r = ml::feature_row(&l, 2, 0, later, &p, true);
+        assert_eq!((r[1], r[2]), (0.0, 0.0), "an expired report is no report");
+        assert_eq!(r[4], 40.0, "level 0 borrows the nearest level with samples");
+        let rows = ml::curve_rows(&l, 1, 1_000, &p, true);
+        assert_eq!(rows.map(|r| r[0]), std::array::from_fn(|k| k as f32));
+    }
+
+    #[test]
+    fn a_row_plan_follows_the_models_order_and_refuses_what_it_cannot_measure() {
+        let plan = RowPlan::new([("weight", "count"), ("inflight", "count")]).expect("plan");
+        let mut out = Vec::new();
+        plan.write(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], &mut out);
+        assert_eq!(out, [7.0, 1.0]);
+        assert_eq!(plan.width(), 2);
+        let all = RowPlan::new(FEATURES.iter().map(|f| (f.name, f.unit))).expect("all");
+        assert_eq!(all.features().collect::<Vec<_>>(), FEATURES);
+        let e = RowPlan::new([("cpu", "ratio")]).expect_err("unknown");
+        assert!(e.contains("`cpu`"), "{e}");
+        let e = RowPlan::new([("latency_ewma_ms", "s")]).expect_err("unit");
+        assert!(e.contains("unit `s`"), "{e}");
+        assert!(RowPlan::new([("weight", "count"), ("weight", "count")]).is_err());
+        assert!(RowPlan::new([]).is_err());
+    }
+
+    #[test]
+    fn a_curve_prices_failures_and_extends_past_its_last_level() {
+        let p = params(StrategyKind::Ml);
+        let c = curve(&p, 10.0, 0.0, 1.0);
+        assert_eq!(c.cost_ns(0), 10e6);
+        assert_eq!(c.cost_ns(15), 25e6);
+        // Past the last level: its step (1 ms) or, when larger, 1/16 of its cost per request.
+        assert!((c.cost_ns(17) - (25e6 + 2.0 * 25e6 / 16.0)).abs() < 1.0);
+        let steep = curve(&p, 1.0, 0.0, 4.0);
+        assert!((steep.cost_ns(17) - (61e6 + 2.0 * 4e6)).abs() < 1.0, "the last step");
+        let failing = curve(&p, 1.0, 0.5, 0.0);
+        assert_eq!(failing.cost_ns(0), 0.5 * 1e6 + 0.5 * p.failure_penalty_ns);
+        let (mut l, f) = flat(1.0, 0.0, 0.0);
+        l[3] = f32::NAN;
+        assert!(Curve::new(&l, &f, &p, 1.0).is_none(), "a non-finite answer");
+        assert!(Curve::new(&l[..4], &f[..4], &p, 1.0).is_none(), "too few levels");
+    }
+
+    #[test]
+    fn a_queue_that_grew_since_scoring_counts_as_requests_ahead() {
+        let p = params(StrategyKind::Ml);
+        let l = Load::new();
+        let _busy = [l.track(), l.track()];
+        l.report(5, 1_000);
+        let c = curve(&p, 10.0, 0.0, 1.0);
+        assert_eq!(
+            c.level(&l, 1_000, true),
+            7,
+            "scored without a report: the whole queue is new"
+        );
+        assert_eq!(c.level(&l, 1_000, false), 2, "orca off: our requests in flight only");
+        assert_eq!(c.clone().with_scored_queue(3).level(&l, 1_000, true), 4);
+        assert_eq!(
+            c.clone().with_scored_queue(9).level(&l, 1_000, true),
+            0,
+            "shrunk: never below 0"
+        );
+        assert_eq!(ml::scored_queue(&l, 1_000, true), 5);
+        assert_eq!(ml::scored_queue(&l, 1_000, false), 0);
+        let expired = 1_000 + REPORT_TTL_NS + 1;
+        assert_eq!(
+            c.with_scored_queue(5).level(&l, expired, true),
+            0,
+            "an expired report: no queue"
+        );
+    }
+
+    #[test]
+    fn calibration_scales_the_model_to_what_the_backend_measured() {
+        let p = params(StrategyKind::Ml);
+        let (lat, pf) = flat(10.0, 0.0, 0.0);
+        let l = Load::new();
+        assert_eq!(ml::calibration(&l, &lat, &pf, &p), 1.0, "no samples");
+        l.observe_at_rif(0, 20e6, 1.0);
+        l.observe_at_rif(1, 20e6, 1.0);
+        assert!((ml::calibration(&l, &lat, &pf, &p) - 2.0).abs() < 1e-9);
+        l.observe_at_rif(0, 400e6, 1.0);
+        assert_eq!(ml::calibration(&l, &lat, &pf, &p), ml::CALIBRATION_RANGE.1);
+        let c = Curve::new(&lat, &pf, &p, 2.0).expect("curve");
+        assert_eq!(c.cost_ns(0), 20e6);
+        assert_eq!(c.predicted_us(0), 20e3);
+    }
+
+    fn ml_params(explore: f64) -> Params {
+        let mut p = params(StrategyKind::Ml);
+        p.ml.explore = explore;
+        p
+    }
+
+    fn ml_counts(p: &Params, f: &Fleet, curves: &[Curve], n: usize) -> Vec<usize> {
+        let state = State::new();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut out = vec![0; f.len()];
+        for _ in 0..n {
+            match ml::pick(p, state.rif_window(), f, |i| curves.get(i), 0, &mut rng) {
+                MlPick::Chosen { index, .. } => out[index] += 1,
+                other => panic!("no pick: {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ml_sends_requests_where_the_model_expects_them_answered_soonest() {
+        let p = ml_params(0.0);
+        let f = Fleet::new(&[1; 10]);
+        let mut curves = vec![
+            curve(&p, 50.0, 0.0, 5.0),
+            curve(&p, 10.0, 0.0, 1.0),
+            curve(&p, 12.0, 0.5, 1.0),
+        ];
+        curves.extend((3..10).map(|_| curve(&p, 80.0, 0.0, 5.0)));
+        let c = ml_counts(&p, &f, &curves, 200);
+        assert_eq!(c[1], 200, "the slow ones and the failing one lose: {c:?}");
+        // The fast one is hot (far more in flight than the others): the cold ones decide.
+        let _busy: Vec<_> = (0..12).map(|_| f.loads[1].track()).collect();
+        let c = ml_counts(&p, &f, &curves, 200);
+        assert_eq!(c[1], 0, "hot: {c:?}");
+        assert_eq!(c[0], 200, "of the cold, the fastest without failures: {c:?}");
+    }
+
+    #[test]
+    fn what_a_level_cost_lately_is_a_floor_under_the_curve() {
+        let p = ml_params(0.0);
+        let f = Fleet::new(&[1, 1]);
+        let curves = [curve(&p, 10.0, 0.0, 0.0), curve(&p, 20.0, 0.0, 0.0)];
+        // The model thinks the first is cheap; its last requests at this level failed.
+        f.loads[0].observe_at_rif(0, p.failure_penalty_ns, 1.0);
+        assert_eq!(ml::cost_ns(&curves[0], &f.loads[0], 0, &p), p.failure_penalty_ns);
+        assert_eq!(
+            ml::cost_ns(&curves[1], &f.loads[1], 0, &p),
+            20e6,
+            "no samples: the curve"
+        );
+        f.loads[1].observe_at_rif(0, 5e6, 1.0);
+        assert_eq!(
+            ml::cost_ns(&curves[1], &f.loads[1], 0, &p),
+            20e6,
+            "cheaper lately: still the curve"
+        );
+        assert_eq!(ml_counts(&p, &f, &curves, 100), [0, 100]);
+        // Sent nothing for a long while, the failure fades and the curve decides again.
+        let later = (10.0 * p.decay_ns) as u64;
+        assert_eq!(ml::cost_ns(&curves[0], &f.loads[0], later, &p), 10e6);
+    }
+
+    #[test]
+    fn ml_reads_the_curve_at_the_current_requests_in_flight() {
+        let p = ml_params(0.0);
+        let f = Fleet::new(&[1, 1]);
+        // Equal at rest; the first slows down fast with load.
+        let curves = [curve(&p, 10.0, 0.0, 10.0), curve(&p, 10.0, 0.0, 1.0)];
+        let _busy = f.loads[0].track();
+        let _also = f.loads[1].track();
+        assert_eq!(ml_counts(&p, &f, &curves, 100), [0, 100]);
+    }
+
+    #[test]
+    fn ml_ties_go_to_the_less_busy_and_exploration_stays_near_the_best() {
+        let p = ml_params(0.0);
+        let f = Fleet::new(&[1, 1, 1]);
+        let curves = [
+            curve(&p, 10.0, 0.0, 0.0),
+            curve(&p, 10.5, 0.0, 0.0),
+            curve(&p, 100.0, 0.0, 0.0),
+        ];
+        let _busy = f.loads[0].track();
+        assert_eq!(
+            ml_counts(&p, &f, &curves, 100),
+            [0, 100, 0],
+            "within the tie: fewer in flight"
+        );
+        let p = ml_params(0.5);
+        let c = ml_counts(&p, &f, &curves, 2000);
+        assert_eq!(c[2], 0, "never explores a server far from the best: {c:?}");
+        assert!(c[0] > 300, "explores the near one: {c:?}");
+    }
+
+    #[test]
+    fn ml_without_a_curve_says_so_and_pick_falls_back() {
+        let p = ml_params(0.0);
+        let f = Fleet::new(&[1, 1]);
+        let curves = [curve(&p, 10.0, 0.0, 0.0)];
+        let mut rng = SmallRng::seed_from_u64(1);
+        let got = ml::pick(&p, State::new().rif_window(), &f, |i| curves.get(i), 0, &mut rng);
+        assert_eq!(got, MlPick::NoCurve);
+        let mut none = Fleet::new(&[1]);
+        none.eligible[0] = false;
+        let got = ml::pick(&p, State::new().rif_window(), &none, |i| curves.get(i), 0, &mut rng);
+        assert_eq!(got, MlPick::None);
+        // `pick` with kind `ml` is its fallback's pick: p2c_ewma avoids the slow one.
+        f.loads[0].observe(100e6, 0, p.decay_ns);
+        f.loads[1].observe(1e6, 0, p.decay_ns);
+        assert_eq!(counts(StrategyKind::Ml, &f, 100), [0, 100]);
+        let mut bad = p.ml;
+        bad.fallback = StrategyKind::Ml;
+        bad.explore = 0.9;
+        let errs: Vec<_> = bad.check().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(errs, ["explore", "fallback"]);
+    }
+}

@@ -37,7 +37,7 @@ struct Args {
     /// Strategies, comma-separated, in run order of the first repetition (the order
     /// rotates between repetitions; the first is the default --baseline). Ours:
     /// round_robin, weighted_round_robin, least_connections, random, p2c_ewma,
-    /// orca_least_delay, prequal, each also as
+    /// orca_least_delay, prequal, ml (the learned strategy, with its model server), each also as
     /// NAME@no_orca (backends without ORCA load reports); with --simulate also the
     /// references greedy and clairvoyant; peers: nginx:least_conn, nginx:random_two,
     /// haproxy:leastconn, haproxy:roundrobin. [default: round_robin,least_connections,
@@ -63,6 +63,21 @@ struct Args {
     /// The backend-sim executable [default: next to nb-bench].
     #[arg(long, conflicts_with = "url")]
     sim_bin: Option<PathBuf>,
+    /// The model-server executable, for `ml` in the lab [default: next to nb-bench].
+    #[arg(long, conflicts_with = "url")]
+    model_bin: Option<PathBuf>,
+    /// The ONNX model `ml` runs with, in the lab and the model [default:
+    /// model-server/models/scorer.onnx].
+    #[arg(long, conflicts_with = "url")]
+    model: Option<PathBuf>,
+    /// Record every request of our proxy into this directory, one JSONL request log per run
+    /// (`<scenario>.<strategy>.s<seed>.jsonl`): training data for the model.
+    #[arg(long, conflicts_with_all = ["url", "simulate"])]
+    record: Option<PathBuf>,
+    /// Seed of every scenario's first repetition instead of the scenario's own (repetition
+    /// r uses seed + r): training runs use seeds disjoint from the benchmark's.
+    #[arg(long, conflicts_with = "url")]
+    seed_base: Option<u64>,
     /// Leave CPU placement to the OS. By default, with two CPUs or more, the proxy runs on
     /// one and nb-bench and the fleet on another, alike for every proxy.
     #[arg(long, conflicts_with_all = ["url", "simulate"])]
@@ -155,6 +170,15 @@ async fn scenario_mode(args: &Args) -> Result<(), Fail> {
     let mut scenarios = lab::load_scenarios(&args.scenario).map_err(|e| Fail::args(e.to_string()))?;
     for (_, s) in &mut scenarios {
         lab::apply_overrides(s, args.duration, args.warmup).map_err(|e| Fail::args(e.to_string()))?;
+        if let Some(seed) = args.seed_base {
+            s.seed = seed;
+        }
+    }
+    if let Some(model) = &args.model {
+        nb_lab::des::ml::set_model_path(model.clone());
+    }
+    if let Some(dir) = &args.record {
+        std::fs::create_dir_all(dir).map_err(|e| Fail::run(format!("cannot create {}: {e}", dir.display())))?;
     }
     let default = if args.simulate {
         lab::SIM_STRATEGIES.join(",")
@@ -181,7 +205,7 @@ async fn scenario_mode(args: &Args) -> Result<(), Fail> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         machine: Machine::current(),
-        notes: notes(args.simulate),
+        notes: notes(args.simulate, args.record.is_some()),
         scenarios: Vec::new(),
     };
     for n in &results.notes {
@@ -231,7 +255,7 @@ fn list(files: &[PathBuf]) -> String {
         .join(", ")
 }
 
-fn notes(simulate: bool) -> Vec<String> {
+fn notes(simulate: bool, record: bool) -> Vec<String> {
     let mut notes = vec![
         "latency counts from each request's intended send time (open-loop Poisson arrivals); every failure \
          (non-2xx, refused, reset, timeout) counts at the deadline in the headline percentiles; ok-p99 is the \
@@ -265,11 +289,17 @@ fn notes(simulate: bool) -> Vec<String> {
                 .into(),
         );
         notes.push(procs::pinning_description());
-        notes.push(format!(
-            "request recording is off in every run: {} and every NEURABALANCER_* variable are removed from every \
-             child's environment, so no proxy writes a record of its requests on the shared cores",
-            procs::SCRUBBED_ENV.join(", ")
-        ));
+        notes.push(if record {
+            "--record: our proxy writes a JSONL record of every request (training data); its runs are not \
+             comparable with peers' as a benchmark"
+                .to_owned()
+        } else {
+            format!(
+                "request recording is off in every run: {} and every NEURABALANCER_* variable are removed from \
+                 every child's environment, so no proxy writes a record of its requests on the shared cores",
+                procs::SCRUBBED_ENV.join(", ")
+            )
+        });
         notes.push(format!(
             "every process of a run has {} file descriptors (nginx worker_rlimit_nofile and haproxy ulimit-n \
              alike)",
@@ -333,15 +363,29 @@ async fn lab_runs(
         reps: args.reps,
         proxy_bin: args.proxy_bin.clone().unwrap_or(proxy_default),
         sim_bin: args.sim_bin.clone().unwrap_or(sim_default),
+        model_bin: args
+            .model_bin
+            .clone()
+            .unwrap_or_else(|| lab::sibling_binary("model-server")),
+        model: nb_lab::des::ml::model_path(),
+        record: args.record.clone(),
     };
     let (runnable, skipped) = lab::plan(strategies);
     for k in &skipped {
         eprintln!("note: skipping {}: {}", k.strategy, k.reason);
     }
     let needs_proxy = runnable.iter().any(|t| !t.is_peer());
+    let needs_model = runnable.iter().any(|t| !t.is_peer() && t.strategy() == "ml");
+    if needs_model && !opts.model.is_file() {
+        return Err(Fail::args(format!(
+            "ml: the model {} does not exist (train it: scripts/train_model.sh, or pass --model)",
+            opts.model.display()
+        )));
+    }
     for (bin, needed, flag) in [
         (&opts.proxy_bin, needs_proxy, "--proxy-bin"),
         (&opts.sim_bin, true, "--sim-bin"),
+        (&opts.model_bin, needs_model, "--model-bin"),
     ] {
         if needed && !bin.is_file() {
             return Err(Fail::args(format!(

@@ -91,6 +91,22 @@ pub fn neurabalancer_main(listen: SocketAddr, admin: SocketAddr, dir: &Path) -> 
     )
 }
 
+/// The `ml` section of `neurabalancer`'s main file: the run's model server at `addr`, every
+/// other key at the proxy's defaults.
+pub fn neurabalancer_ml(addr: SocketAddr) -> String {
+    format!("ml: {{ endpoint: \"http://{addr}\" }}\n")
+}
+
+/// The `storage` section that records every request of a run into `file` (JSONL), never
+/// rotated within a run.
+pub fn neurabalancer_record(file: &Path) -> String {
+    format!(
+        "storage: {{ request_log_file: {:?}, request_log_max_bytes: {} }}\n",
+        file.display().to_string(),
+        1u64 << 40
+    )
+}
+
 /// `neurabalancer`'s upstreams file: one pool with `strategy`, the scenario's extra pool
 /// keys and one server per backend, routed from `/`. With `passive_health: off` and no
 /// `outlier_detection` of the scenario's own, every outlier rule is set to 0 (off).

@@ -493,7 +493,9 @@ impl Results {
     pub fn write_json(&self, dir: &Path) -> io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("results.json");
-        let json = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
+        // Compact: the histograms make up most of it, and a pretty-printed one is a line per
+        // bucket (tens of megabytes for a full benchmark).
+        let json = serde_json::to_string(self).map_err(io::Error::other)?;
         std::fs::write(&path, json + "\n")?;
         Ok(path)
     }

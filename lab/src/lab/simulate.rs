@@ -111,6 +111,9 @@ pub fn simulate_scenario(
 fn model(scenario: &Scenario, strategy: &str, seed: u64) -> Result<Report, String> {
     let target: Target = strategy.parse()?;
     let kind: SimStrategy = target.strategy().parse()?;
+    if kind == SimStrategy::Classic(nb_strategy::StrategyKind::Ml) {
+        crate::des::ml::model()?;
+    }
     if target.orca_off() {
         let mut ablated = scenario.clone();
         for p in &mut ablated.fleet {

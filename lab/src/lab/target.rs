@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Our strategies, as the proxy's `strategy:` key spells them.
-pub const OUR_STRATEGIES: [&str; 7] = [
+pub const OUR_STRATEGIES: [&str; 8] = [
     "round_robin",
     "weighted_round_robin",
     "least_connections",
@@ -14,6 +14,7 @@ pub const OUR_STRATEGIES: [&str; 7] = [
     "p2c_ewma",
     "orca_least_delay",
     "prequal",
+    "ml",
 ];
 
 /// The model's reference that knows every backend's true queue and speed (greedy expected

@@ -20,7 +20,7 @@ pub use runtime::{ensure_private_dir, euid, runtime_dir, upgrade_sock};
 pub use upstreams::{HealthCheckConfig, OutlierConfig, PoolConfig, RouteConfig, ServerConfig, UpstreamsConfig};
 
 use crate::cidr::Cidr;
-use crate::strategy::StrategyKind;
+use crate::strategy::{MlParams, StrategyKind};
 use error::{file_error, yaml_error, Collector};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8090";
@@ -80,15 +80,45 @@ impl Default for AdminConfig {
     }
 }
 
-/// Settings of the learned strategy; validated now so that files written for it stay valid.
+/// The learned strategy (`ml`): where the model server is, how often the scorer asks it for
+/// every `ml` pool's curves, how decisions read them, and when a pool falls back to its
+/// classic strategy. Applied on reload (the scorer reads it at every refresh; the decision
+/// parameters reach the pools with the upstreams).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlConfig {
+    /// Base URL of the model server (`http://host:port`, optionally with a path prefix).
     pub endpoint: String,
+    /// How often the scorer sends one batch of rows for every backend of every `ml` pool.
     pub refresh_ms: u64,
+    /// The longest a scoring call (or a `/version` call) may take; a slower answer is a
+    /// failure (`timeout`).
     pub timeout_ms: u64,
+    /// The classic strategy that decides while scores are missing, stale, the circuit is
+    /// open or the model server errs.
     pub fallback: StrategyKind,
+    /// Share of decisions sent to a random cold candidate near the best (exploration).
+    pub explore: f64,
+    /// Cold candidates whose expected cost is within this fraction of the lowest tie.
+    pub tie: f64,
+    /// Send what backends report of their own load (ORCA queue) to the model; false zeroes
+    /// those features (the ablation that shows how much of the model's skill they are).
+    pub orca: bool,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub circuit_failures: u32,
+    /// How long an open circuit makes no call; the next refresh after it tries again.
+    pub circuit_open_ms: u64,
+    /// Scores older than this are not used (`stale_scores`); unset: 10 × `refresh_ms`, at
+    /// least [`MIN_ML_STALE_MS`].
+    pub stale_ms: Option<u64>,
 }
+
+pub const DEFAULT_ML_EXPLORE: f64 = 0.02;
+pub const DEFAULT_ML_TIE: f64 = 0.10;
+pub const DEFAULT_ML_CIRCUIT_FAILURES: u32 = 3;
+pub const DEFAULT_ML_CIRCUIT_OPEN_MS: u64 = 1_000;
+/// The least default `stale_ms` (refreshes every 100 ms or less still get a second).
+pub const MIN_ML_STALE_MS: u64 = 1_000;
 
 impl Default for MlConfig {
     fn default() -> Self {
@@ -97,6 +127,81 @@ impl Default for MlConfig {
             refresh_ms: DEFAULT_ML_REFRESH_MS,
             timeout_ms: DEFAULT_ML_TIMEOUT_MS,
             fallback: StrategyKind::P2cEwma,
+            explore: DEFAULT_ML_EXPLORE,
+            tie: DEFAULT_ML_TIE,
+            orca: true,
+            circuit_failures: DEFAULT_ML_CIRCUIT_FAILURES,
+            circuit_open_ms: DEFAULT_ML_CIRCUIT_OPEN_MS,
+            stale_ms: None,
+        }
+    }
+}
+
+impl MlConfig {
+    /// `stale_ms`, or its default: 10 × `refresh_ms`, at least [`MIN_ML_STALE_MS`].
+    pub fn stale_ms(&self) -> u64 {
+        self.stale_ms
+            .unwrap_or_else(|| self.refresh_ms.saturating_mul(10).max(MIN_ML_STALE_MS))
+    }
+
+    /// The decision parameters every pool's `ml` strategy reads.
+    pub fn params(&self) -> MlParams {
+        MlParams {
+            explore: self.explore,
+            tie: self.tie,
+            fallback: self.fallback,
+            orca: self.orca,
+        }
+    }
+
+    /// The endpoint without a trailing `/`, to which the API paths are appended.
+    pub fn base_url(&self) -> &str {
+        self.endpoint.trim_end_matches('/')
+    }
+
+    fn validate(&self, c: &mut Collector<'_>) {
+        for (key, reason) in self.params().check() {
+            c.err(format!("ml.{key}"), reason);
+        }
+        match self.endpoint.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") => c.err(
+                "ml.endpoint",
+                "https is not supported (the proxy is built without TLS): use http://",
+            ),
+            Ok(u) if u.scheme_str() != Some("http") || u.authority().is_none() => c.err(
+                "ml.endpoint",
+                "must be an http:// URL with a host (http://127.0.0.1:8081)",
+            ),
+            Ok(u) if u.query().is_some() || u.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                c.err("ml.endpoint", "must not carry a query or user info")
+            }
+            Ok(_) => {}
+            Err(e) => c.err("ml.endpoint", format!("not a URL: {e}")),
+        }
+        for (key, v) in [
+            ("refresh_ms", self.refresh_ms),
+            ("timeout_ms", self.timeout_ms),
+            ("circuit_open_ms", self.circuit_open_ms),
+        ] {
+            if v == 0 {
+                c.err(format!("ml.{key}"), "must be positive");
+            }
+            check_max_ms(c, &format!("ml.{key}"), v);
+        }
+        if self.circuit_failures == 0 {
+            c.err("ml.circuit_failures", "must be at least 1");
+        }
+        if let Some(s) = self.stale_ms {
+            check_max_ms(c, "ml.stale_ms", s);
+            // Scores are published a refresh plus the call (at most two timeouts with a
+            // `GET /version`) after the previous ones: any less and every cycle would have a
+            // moment of `stale_scores`.
+            if s < self.refresh_ms.saturating_add(self.timeout_ms.saturating_mul(2)) {
+                c.err(
+                    "ml.stale_ms",
+                    "must be at least ml.refresh_ms + 2 × ml.timeout_ms (scores are refreshed that often)",
+                );
+            }
         }
     }
 }
@@ -327,23 +432,13 @@ impl MainConfig {
                 ),
             );
         }
-        if cfg.ml.refresh_ms == 0 {
-            c.err("ml.refresh_ms", "must be positive");
-        }
-        if cfg.ml.timeout_ms == 0 {
-            c.err("ml.timeout_ms", "must be positive");
-        }
+        cfg.ml.validate(&mut c);
         let st = &cfg.storage;
         for (key, v) in [
-            ("ml.refresh_ms", cfg.ml.refresh_ms),
-            ("ml.timeout_ms", cfg.ml.timeout_ms),
             ("storage.flush_interval_ms", st.flush_interval_ms),
             ("storage.snapshot_interval_ms", st.snapshot_interval_ms),
         ] {
             check_max_ms(&mut c, key, v);
-        }
-        if !(cfg.ml.endpoint.starts_with("http://") || cfg.ml.endpoint.starts_with("https://")) {
-            c.err("ml.endpoint", "must be an http:// or https:// URL");
         }
         if st.batch_size == 0 {
             c.err("storage.batch_size", "must be at least 1");
@@ -447,7 +542,12 @@ pub fn load(main_path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let main_name = main_path.display().to_string();
     let main = MainConfig::parse(&main_name, &main_text, base)?;
     let up_text = read(&main.upstreams_file)?;
-    let upstreams = UpstreamsConfig::parse(&main.upstreams_file.display().to_string(), &up_text)?;
+    let mut upstreams = UpstreamsConfig::parse(&main.upstreams_file.display().to_string(), &up_text)?;
+    // The `ml` strategy's decision parameters are the main file's; each pool carries them so
+    // that they reach its strategy parameters with the rest of the pool's settings.
+    for pool in upstreams.pools.values_mut() {
+        pool.ml = main.ml.params();
+    }
     let hash = digest(main_text.as_bytes(), up_text.as_bytes());
     Ok(LoadedConfig {
         main_path: main_path.to_path_buf(),
@@ -568,6 +668,134 @@ mod tests {
             "{e:?}"
         );
         assert!(main_errs("listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n  refresh_ms: 86400000\n").is_empty());
+    }
+
+    #[test]
+    fn ml_section_defaults_every_key_and_its_decision_parameters() {
+        let c =
+            MainConfig::parse("m.yaml", "listen: 0.0.0.0:8080\nupstreams_file: u\n", Path::new(".")).expect("valid");
+        let ml = &c.ml;
+        assert_eq!(ml.endpoint, DEFAULT_ML_ENDPOINT);
+        assert_eq!((ml.refresh_ms, ml.timeout_ms), (100, 50));
+        assert_eq!(ml.fallback, StrategyKind::P2cEwma);
+        assert_eq!((ml.explore, ml.tie, ml.orca), (0.02, 0.10, true));
+        assert_eq!((ml.circuit_failures, ml.circuit_open_ms), (3, 1000));
+        assert_eq!(ml.stale_ms, None);
+        assert_eq!(ml.stale_ms(), MIN_ML_STALE_MS, "10 x 100 ms");
+        assert_eq!(ml.params(), MlParams::default(), "the same defaults as the strategy's");
+
+        let text = "listen: 0.0.0.0:8080\nupstreams_file: u\nml:\n  endpoint: http://scorer.internal:9000/nb/\n  refresh_ms: 500\n  timeout_ms: 80\n  fallback: prequal\n  explore: 0.05\n  tie: 0.2\n  orca: false\n  circuit_failures: 5\n  circuit_open_ms: 2000\n";
+        let c = MainConfig::parse("m.yaml", text, Path::new(".")).expect("valid");
+        let ml = &c.ml;
+        assert_eq!(ml.base_url(), "http://scorer.internal:9000/nb");
+        assert_eq!((ml.refresh_ms, ml.timeout_ms, ml.orca), (500, 80, false));
+        assert_eq!((ml.circuit_failures, ml.circuit_open_ms), (5, 2000));
+        assert_eq!(ml.stale_ms(), 5000, "10 x refresh_ms when that is above a second");
+        assert_eq!(
+            ml.params(),
+            MlParams {
+                explore: 0.05,
+                tie: 0.2,
+                fallback: StrategyKind::Prequal,
+                orca: false,
+            }
+        );
+        let c = MainConfig::parse(
+            "m.yaml",
+            "listen: 0.0.0.0:8080\nupstreams_file: u\nml: { stale_ms: 250 }\n",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(c.ml.stale_ms(), 250);
+    }
+
+    #[test]
+    fn ml_errors_name_their_line_and_key() {
+        let base = "listen: 127.0.0.1:8080\nupstreams_file: u\nml:\n";
+        let cases = [
+            (
+                "  fallback: ml\n",
+                "m.yaml:4: ml.fallback: must be a classic strategy, not `ml`",
+            ),
+            (
+                "  fallback: fastest\n",
+                "m.yaml:4: ml.fallback: unknown variant `fastest`",
+            ),
+            ("  explore: 0.9\n", "m.yaml:4: ml.explore: must be between 0 and 0.5"),
+            ("  tie: -1\n", "m.yaml:4: ml.tie: must be between 0 and 1"),
+            (
+                "  circuit_failures: 0\n",
+                "m.yaml:4: ml.circuit_failures: must be at least 1",
+            ),
+            (
+                "  circuit_open_ms: 0\n",
+                "m.yaml:4: ml.circuit_open_ms: must be positive",
+            ),
+            ("  timeout_ms: 0\n", "m.yaml:4: ml.timeout_ms: must be positive"),
+            ("  refresh_ms: 0\n", "m.yaml:4: ml.refresh_ms: must be positive"),
+            (
+                "  refresh_ms: 200\n  stale_ms: 250\n",
+                "m.yaml:5: ml.stale_ms: must be at least ml.refresh_ms + 2 × ml.timeout_ms",
+            ),
+            (
+                "  stale_ms: 86400001\n",
+                "m.yaml:4: ml.stale_ms: must be at most 86400000",
+            ),
+            (
+                "  endpoint: https://127.0.0.1:8081\n",
+                "m.yaml:4: ml.endpoint: https is not supported",
+            ),
+            (
+                "  endpoint: 127.0.0.1:8081\n",
+                "m.yaml:4: ml.endpoint: must be an http:// URL with a host",
+            ),
+            (
+                "  endpoint: \"http://127.0.0.1:8081/?x=1\"\n",
+                "m.yaml:4: ml.endpoint: must not carry a query",
+            ),
+            ("  endpoint: \"http://a b\"\n", "m.yaml:4: ml.endpoint: not a URL"),
+            ("  orca: maybe\n", "m.yaml:4: ml.orca: invalid type"),
+            (
+                "  endpont: http://127.0.0.1:8081\n",
+                "m.yaml:4: ml: unknown field `endpont`",
+            ),
+        ];
+        for (section, want) in cases {
+            let e = main_errs(&format!("{base}{section}"));
+            assert_eq!(e.len(), 1, "{section}: {e:?}");
+            assert!(e[0].starts_with(want), "{section}: got {e:?}, want {want}");
+        }
+        // Every error of the section at once.
+        let e = main_errs(&format!("{base}  fallback: ml\n  explore: 1\n  circuit_failures: 0\n"));
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn every_pool_carries_the_ml_decision_parameters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("nb.yaml");
+        std::fs::write(
+            &main,
+            "listen: 127.0.0.1:8080\nupstreams_file: up.yaml\nml: { explore: 0.1, tie: 0.3, fallback: least_connections }\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("up.yaml"),
+            "pools:\n  a: { strategy: ml, servers: [ { id: x, address: 127.0.0.1:1 } ] }\n  b: { servers: [ { id: y, address: 127.0.0.1:2 } ] }\nroutes:\n  - { pool: a }\n",
+        )
+        .expect("write");
+        let loaded = load(&main).expect("valid");
+        for pool in loaded.upstreams.pools.values() {
+            assert_eq!(
+                pool.ml,
+                MlParams {
+                    explore: 0.1,
+                    tie: 0.3,
+                    fallback: StrategyKind::LeastConnections,
+                    orca: true,
+                }
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check_max_ms;
 use super::error::{yaml_error, Collector, ConfigErrors};
-use crate::strategy::{PrequalParams, StrategyKind};
+use crate::strategy::{MlParams, PrequalParams, StrategyKind};
 
 pub const DEFAULT_STRATEGY: StrategyKind = StrategyKind::P2cEwma;
 pub const DEFAULT_WEIGHT: u32 = 1;
@@ -88,6 +88,10 @@ pub struct PoolConfig {
     #[serde(default = "default_removed_drain_ms")]
     pub removed_drain_ms: u64,
     pub servers: Vec<ServerConfig>,
+    /// The `ml` strategy's decision parameters: not a key of this file but the main file's
+    /// `ml` section, copied into every pool by [`crate::config::load`].
+    #[serde(skip)]
+    pub ml: MlParams,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -121,6 +121,8 @@ mod tests {
             strategy: None,
             features: None,
             predicted_latency_us: None,
+            ml_decided: None,
+            ml_fallback: None,
             client_addr: None,
         })
     }

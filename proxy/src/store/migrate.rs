@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "client_addr",
         sql: include_str!("../../../migrations/0003_client_addr.sql"),
     },
+    Migration {
+        version: 4,
+        name: "ml",
+        sql: include_str!("../../../migrations/0004_ml.sql"),
+    },
 ];
 
 /// Advisory-lock key: "NBMIGRAT" in ASCII.

@@ -256,7 +256,7 @@ pub fn snapshot_rows(shared: &Shared) -> Vec<SnapshotRecord> {
     let time_us = now_unix_us();
     let mut rows = Vec::new();
     for pool in upstreams.pools.values() {
-        let decay = pool.shared.params.load().decay_ns;
+        let params = **pool.shared.params.load();
         for b in &pool.members().list {
             rows.push(SnapshotRecord {
                 time_us,
@@ -266,7 +266,7 @@ pub fn snapshot_rows(shared: &Shared) -> Vec<SnapshotRecord> {
                 health: health_str(b.health()),
                 ejected: b.is_ejected(now),
                 requests: b.requests(),
-                features: Features::of(b, now, decay),
+                features: Features::of(b, now, &params),
             });
         }
     }

@@ -62,7 +62,7 @@ pub enum Cell<'a> {
     Text(Option<Cow<'a, str>>),
     Int(Option<i64>),
     Real(Option<f32>),
-    Bool(bool),
+    Bool(Option<bool>),
 }
 
 fn text<'a>(v: Option<&'a str>) -> Cell<'a> {
@@ -74,14 +74,14 @@ impl ToSql for Cell<'_> {
         match self {
             Cell::Time(us) => unix_us_to_time(*us).to_sql(ty, out),
             Cell::Text(v) => v.as_deref().to_sql(ty, out),
-            Cell::Int(None) | Cell::Real(None) => Ok(IsNull::Yes),
+            Cell::Int(None) | Cell::Real(None) | Cell::Bool(None) => Ok(IsNull::Yes),
             Cell::Int(Some(v)) => match *ty {
                 Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
                 Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
                 _ => v.to_sql(ty, out),
             },
             Cell::Real(Some(v)) => v.to_sql(ty, out),
-            Cell::Bool(v) => v.to_sql(ty, out),
+            Cell::Bool(Some(v)) => v.to_sql(ty, out),
         }
     }
 
@@ -123,7 +123,7 @@ pub fn cell_from_row(row: &Row, i: usize, kind: Kind) -> Result<Cell<'static>, t
         Kind::Int4 => Cell::Int(row.try_get::<_, Option<i32>>(i)?.map(i64::from)),
         Kind::Int8 => Cell::Int(row.try_get::<_, Option<i64>>(i)?),
         Kind::Real => Cell::Real(row.try_get::<_, Option<f32>>(i)?),
-        Kind::Bool => Cell::Bool(row.try_get::<_, bool>(i)?),
+        Kind::Bool => Cell::Bool(row.try_get::<_, Option<bool>>(i)?),
     })
 }
 
@@ -150,8 +150,8 @@ pub fn write_json(columns: &[Column], cells: &[Cell<'_>], out: &mut Vec<u8>) {
             Cell::Real(Some(x)) if x.is_finite() => {
                 let _ = serde_json::to_writer(&mut *out, x);
             }
-            Cell::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Cell::Text(None) | Cell::Int(None) | Cell::Real(_) => out.extend_from_slice(b"null"),
+            Cell::Bool(Some(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Cell::Text(None) | Cell::Int(None) | Cell::Real(_) | Cell::Bool(None) => out.extend_from_slice(b"null"),
         }
     }
     out.extend_from_slice(b"}\n");
@@ -161,8 +161,9 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// `requests` and the `training_requests` view: one proxied request.
-pub const REQUEST_COLUMNS: [Column; 26] = [
+/// `requests` and the `training_requests` view: one proxied request. New columns go at the
+/// end, as each migration re-creates the view with them last.
+pub const REQUEST_COLUMNS: [Column; 30] = [
     col("time", Kind::Time),
     col("request_id", Kind::Text),
     col("trace_id", Kind::Text),
@@ -189,6 +190,10 @@ pub const REQUEST_COLUMNS: [Column; 26] = [
     col("f_reported_rps", Kind::Real),
     col("predicted_latency_us", Kind::Int8),
     col("client_addr", Kind::Text),
+    col("f_failure_rate", Kind::Real),
+    col("f_latency_rif_ms", Kind::Real),
+    col("ml_decided", Kind::Bool),
+    col("ml_fallback", Kind::Text),
 ];
 
 /// One proxied request, built in the proxy's `logging` phase.
@@ -214,14 +219,20 @@ pub struct RequestRecord {
     pub strategy: Option<&'static str>,
     /// The chosen backend's features when it was chosen.
     pub features: Option<Features>,
+    /// The chosen backend's predicted latency when the `ml` strategy's model chose it.
     pub predicted_latency_us: Option<i64>,
+    /// Null outside `ml` pools; true when the model chose, false when the fallback did.
+    pub ml_decided: Option<bool>,
+    /// Why the fallback decided (`model_server_error`, `timeout`, `stale_scores`,
+    /// `circuit_open`, `no_scores`).
+    pub ml_fallback: Option<&'static str>,
     /// The client's address by the trust rule (`headers::client_ip`); rendered as text by
     /// the sinks, off the request path.
     pub client_addr: Option<IpAddr>,
 }
 
 impl RequestRecord {
-    pub fn cells(&self) -> [Cell<'_>; 26] {
+    pub fn cells(&self) -> [Cell<'_>; 30] {
         let f = self.features.as_ref();
         let real = |get: fn(&Features) -> Option<f32>| Cell::Real(f.and_then(get));
         [
@@ -251,6 +262,10 @@ impl RequestRecord {
             real(|f| f.reported_rps),
             Cell::Int(self.predicted_latency_us),
             Cell::Text(self.client_addr.map(|a| Cow::Owned(a.to_string()))),
+            real(|f| Some(f.failure_rate)),
+            real(|f| f.latency_rif_ms),
+            Cell::Bool(self.ml_decided),
+            text(self.ml_fallback),
         ]
     }
 }
@@ -294,7 +309,7 @@ impl SnapshotRecord {
             text(Some(self.backend.as_str())),
             Cell::Text(Some(Cow::Owned(self.address.to_string()))),
             text(Some(self.health)),
-            Cell::Bool(self.ejected),
+            Cell::Bool(Some(self.ejected)),
             Cell::Int(Some(f.weight as i64)),
             Cell::Int(Some(f.inflight as i64)),
             Cell::Real(f.latency_ewma_ms),
@@ -337,6 +352,8 @@ mod tests {
                 ..Features::default()
             }),
             predicted_latency_us: None,
+            ml_decided: None,
+            ml_fallback: None,
             client_addr: Some("2001:db8::7".parse().expect("ip")),
         }
     }

@@ -113,7 +113,14 @@ pub struct BackendStats {
     reported_rps: AtomicU32,
     /// When that report came (`u64::MAX`: never).
     reported_ns: AtomicU64,
+    /// This server's index in its pool's `ml` score tables ([`NO_SLOT`] until the pool gives
+    /// it one): unique within the pool for the pool's lifetime, set once by the control
+    /// plane before the server is published.
+    slot: AtomicU32,
 }
+
+/// [`BackendStats::slot`] of a server no pool has given a slot (it has no `ml` scores).
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// What a backend last reported about its own load (ORCA); `None` where it never did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -162,7 +169,17 @@ impl BackendStats {
             reported_queue: nan_bits(),
             reported_rps: nan_bits(),
             reported_ns: AtomicU64::new(u64::MAX),
+            slot: AtomicU32::new(NO_SLOT),
         })
+    }
+
+    /// The server's index in its pool's `ml` score tables, [`NO_SLOT`] when it has none.
+    pub fn slot(&self) -> u32 {
+        self.slot.load(Relaxed)
+    }
+
+    pub(crate) fn set_slot(&self, slot: u32) {
+        self.slot.store(slot, Relaxed);
     }
 
     pub fn id(&self) -> Arc<String> {

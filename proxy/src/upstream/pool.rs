@@ -4,7 +4,9 @@
 //! Ownership and update order (the control plane is the only writer, serialised by
 //! `Pool::write_lock`):
 //! 1. [`Pool::apply`] creates [`BackendStats`] for new servers (pending when the pool has
-//!    active checks), updates weights and ids of kept ones, and turns removed ones into
+//!    active checks; each with a *slot*, its index in the pool's `ml` curves, taken from
+//!    `PoolShared::next_slot` and never reused in the pool), updates weights and ids of kept
+//!    ones, and turns removed ones into
 //!    *leaving* servers, which keep serving until every server of the pool is healthy or
 //!    `removed_drain_ms` passes ([`Pool::retire_leaving`], called after every check round).
 //!    It publishes the new member map (`PoolShared::members`).
@@ -13,6 +15,15 @@
 //!    discovery and runs `LoadBalancer::update`, which rebuilds the [`PoolSelector`] only
 //!    when addresses or weights changed. The selector finds each backend's stats in the
 //!    member map, so live state survives every rebuild.
+//!
+//! The `ml` scores have a writer of their own, the scorer (`ml::scorer`, a background
+//! service): every refresh it publishes one immutable [`MlView`] per `ml` pool
+//! (`PoolShared::ml`, an `ArcSwapOption`): the curves of the pool's servers indexed by slot,
+//! and the outcome of the refresh. It reads the member map and each server's `Load`, never
+//! writes them. A pick of an `ml` pool loads that view once and maps each sampled candidate
+//! to its curve by the candidate's slot (`BackendStats::slot`), O(1); what decided (the
+//! model, or the fallback and why, see `ml`) reaches [`Pool::select_decided`] through a
+//! thread-local, since Pingora's `select_with` returns only the backend.
 //!
 //! Requests read one snapshot of each and never wait on the control plane. The one lock a
 //! request may take is `Pool::eject_lock`, and only when a failure run would eject a server
@@ -27,12 +38,13 @@
 //!    never picked;
 //! 3. when that leaves nothing, ejected ones too (healthy ones only, outside panic).
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use futures::FutureExt;
 use pingora::lb::discovery::ServiceDiscovery;
@@ -45,6 +57,8 @@ use super::backend::{BackendStats, Failure, Health, Membership};
 use crate::clock;
 use crate::config::PoolConfig;
 use crate::metrics::metrics;
+use crate::ml::{self, Decision, Fallback, MlView};
+use crate::strategy::ml::MlPick;
 use crate::strategy::{self, Candidates, Load, Params, StrategyKind};
 
 /// A server removed by a reload that keeps serving for a while.
@@ -94,19 +108,37 @@ pub struct PoolShared {
     panic_threshold: AtomicU32,
     /// `neurabalancer_upstream_panic_total{pool}`, looked up once.
     panic_total: IntCounter,
+    /// The latest `ml` scores and refresh outcome; written by the scorer only.
+    pub ml: ArcSwapOption<MlView>,
+    /// The next server slot (control plane only).
+    next_slot: AtomicU32,
+    /// `neurabalancer_ml_decisions_total{pool}`, looked up once.
+    ml_decisions: IntCounter,
 }
 
 impl PoolShared {
     fn new(name: Arc<str>, kind: StrategyKind) -> Arc<Self> {
         let panic_total = metrics().panic_routing.with_label_values(&[&*name]);
+        let ml_decisions = metrics().ml_decisions.with_label_values(&[&*name]);
         Arc::new(PoolShared {
             name,
             members: ArcSwap::from_pointee(Members::default()),
             params: ArcSwap::from_pointee(Params::new(kind)),
             panic_threshold: AtomicU32::new(0),
             panic_total,
+            ml: ArcSwapOption::empty(),
+            next_slot: AtomicU32::new(0),
+            ml_decisions,
         })
     }
+}
+
+thread_local! {
+    /// What decided the latest pick on this thread. Pingora's `select_with` runs our
+    /// iterator synchronously on the caller's thread and returns only the backend, so
+    /// [`PoolIter::next`] leaves its [`Decision`] here and [`Pool::select_decided`] takes it
+    /// right after.
+    static LAST_DECISION: Cell<Decision> = const { Cell::new(Decision::Classic) };
 }
 
 fn inet(b: &Backend) -> Option<SocketAddr> {
@@ -158,6 +190,42 @@ impl BackendSelection for PoolSelector {
 }
 
 impl PoolSelector {
+    /// One pick among `view`'s eligible candidates, and what decided it: the pool's
+    /// strategy, or for `ml` the model's curves when they are usable (see `ml`), else the
+    /// fallback strategy.
+    fn pick<R: rand::Rng + ?Sized>(
+        &self,
+        params: &Params,
+        view: &View<'_>,
+        now_ns: u64,
+        rng: &mut R,
+    ) -> Option<(usize, Decision)> {
+        if params.kind != StrategyKind::Ml {
+            return strategy::pick(params, &self.state, view, now_ns, rng).map(|i| (i, Decision::Classic));
+        }
+        let ml_view = self.shared.ml.load();
+        let reason = match ml::usable(ml_view.as_deref(), now_ns) {
+            Ok(scores) => {
+                let curve = |i: usize| scores.curve(self.entries[i].1.slot());
+                match strategy::ml::pick(params, self.state.rif_window(), view, curve, now_ns, rng) {
+                    MlPick::Chosen { index, .. } => {
+                        // The level the pick read: our requests in flight there, plus the
+                        // growth of its reported queue since the scoring.
+                        let predicted_us = curve(index).map_or(f64::NAN, |c| {
+                            c.predicted_us(c.level(view.load(index), now_ns, params.ml.orca))
+                        });
+                        return Some((index, Decision::Ml { predicted_us }));
+                    }
+                    MlPick::None => return None,
+                    MlPick::NoCurve => Fallback::NoScores,
+                }
+            }
+            Err(reason) => reason,
+        };
+        // `pick` with kind `ml` decides as `params.ml.fallback` does.
+        strategy::pick(params, &self.state, view, now_ns, rng).map(|i| (i, Decision::Fallback(reason)))
+    }
+
     /// Panic routing: fewer than the threshold share of the members healthy and not ejected
     /// (leaving servers that are count for the members replacing them).
     fn in_panic(&self, now_ns: u64) -> bool {
@@ -251,10 +319,11 @@ impl BackendIter for PoolIter {
             now_ns,
             tier: tiers[0],
         };
-        let pick = strategy::pick(&params, &sel.state, &view, now_ns, &mut rng).or_else(|| {
+        let (pick, decision) = sel.pick(&params, &view, now_ns, &mut rng).or_else(|| {
             view.tier = tiers[1];
-            strategy::pick(&params, &sel.state, &view, now_ns, &mut rng)
+            sel.pick(&params, &view, now_ns, &mut rng)
         })?;
+        LAST_DECISION.set(decision);
         if panic && !self.panicked {
             self.panicked = true;
             sel.shared.panic_total.inc();
@@ -345,6 +414,7 @@ impl Pool {
                 }
                 None => {
                     let st = BackendStats::new(self.name.clone(), &s.id, s.resolved, s.weight, has_checks);
+                    st.set_slot(self.shared.next_slot.fetch_add(1, Relaxed));
                     added.push(st.clone());
                     st
                 }
@@ -378,6 +448,7 @@ impl Pool {
             decay_ns: cfg.ewma_decay_ms as f64 * 1e6,
             failure_penalty_ns: cfg.failure_penalty_ms as f64 * 1e6,
             prequal: cfg.prequal,
+            ml: cfg.ml,
         }));
         self.config.store(Arc::new(cfg.clone()));
         let leaving = still_leaving(&list, leaving, now);
@@ -466,6 +537,23 @@ impl Pool {
     /// selector built just before a re-weighting reload would see every backend as "not
     /// ready". Eligibility (health, ejection) is decided by our selector from `BackendStats`.
     pub fn select(&self, tried: &[SocketAddr]) -> Option<Arc<BackendStats>> {
+        self.select_decided(tried).map(|(b, _)| b)
+    }
+
+    /// [`Pool::select`], and what decided the choice; counts `ml` decisions and fallbacks.
+    pub fn select_decided(&self, tried: &[SocketAddr]) -> Option<(Arc<BackendStats>, Decision)> {
+        LAST_DECISION.set(Decision::Classic);
+        let chosen = self.select_inner(tried)?;
+        let decision = LAST_DECISION.replace(Decision::Classic);
+        match decision {
+            Decision::Classic => {}
+            Decision::Ml { .. } => self.shared.ml_decisions.inc(),
+            Decision::Fallback(reason) => metrics().ml_fallback_for(reason).inc(),
+        }
+        Some((chosen, decision))
+    }
+
+    fn select_inner(&self, tried: &[SocketAddr]) -> Option<Arc<BackendStats>> {
         let mut skip: Vec<SocketAddr> = Vec::new();
         // A selector older than the member map may offer a server a reload just removed;
         // skip it once and choose again.
@@ -669,6 +757,91 @@ mod tests {
         pool.apply(&pool_cfg(new, &no_drain));
         assert!(pool.members().leaving.is_empty());
         assert!(pool.select(&[]).is_none());
+    }
+
+    fn curve(ms: f32) -> crate::strategy::ml::Curve {
+        let params = Params::new(StrategyKind::Ml);
+        let levels = crate::strategy::ml::CURVE_LEVELS;
+        crate::strategy::ml::Curve::new(&vec![ms; levels], &vec![0.0; levels], &params, 1.0).expect("finite")
+    }
+
+    /// Publishes scores for `pool` as the scorer would: `ms(port)` per server.
+    fn publish(pool: &Pool, at_ns: u64, failure: Option<Fallback>, ms: impl Fn(u16) -> f32) {
+        let curves: Vec<_> = pool
+            .members()
+            .list
+            .iter()
+            .map(|s| (s.slot(), curve(ms(s.addr.port()))))
+            .collect();
+        pool.shared.ml.store(Some(Arc::new(MlView {
+            scores: Some(Arc::new(ml::PoolScores::new(at_ns, "v1".into(), curves))),
+            failure,
+            stale_ns: 1_000_000_000,
+        })));
+    }
+
+    #[test]
+    fn ml_decides_by_the_curves_and_falls_back_with_the_reason() {
+        let pool = Pool::new("p", &pool_cfg(THREE, "    strategy: ml\n"));
+        let slots: BTreeSet<u32> = pool.members().list.iter().map(|s| s.slot()).collect();
+        assert_eq!(slots, BTreeSet::from([0, 1, 2]), "each server has its own slot");
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(
+            d,
+            Decision::Fallback(Fallback::NoScores),
+            "no scores yet: the fallback decides"
+        );
+
+        // 9001 is predicted 100x slower than the others: never chosen, not even to explore
+        // (exploration stays within twice the best cost).
+        publish(
+            &pool,
+            clock::now_ns(),
+            None,
+            |port| if port == 9001 { 100.0 } else { 1.0 },
+        );
+        for _ in 0..300 {
+            let (s, d) = pool.select_decided(&[]).expect("pick");
+            assert_ne!(s.addr.port(), 9001);
+            assert_eq!(d, Decision::Ml { predicted_us: 1000.0 });
+        }
+        // Retries exclude what was tried, and the model still decides among the rest.
+        let (s, d) = pool.select_decided(&[addr(9002)]).expect("pick");
+        assert_eq!((s.addr.port(), d), (9003, Decision::Ml { predicted_us: 1000.0 }));
+        let (s, _) = pool
+            .select_decided(&[addr(9002), addr(9003)])
+            .expect("the slow one is left");
+        assert_eq!(s.addr.port(), 9001);
+        assert!(pool.select_decided(&[addr(9001), addr(9002), addr(9003)]).is_none());
+
+        // A failed refresh: the fallback decides at once, with the refresh's reason.
+        publish(&pool, clock::now_ns(), Some(Fallback::Timeout), |_| 1.0);
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(d, Decision::Fallback(Fallback::Timeout));
+        // Scores older than stale_ms.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let old = clock::now_ns().saturating_sub(2_000_000_000);
+        publish(&pool, old.max(1), None, |_| 1.0);
+        if old > 0 {
+            let (_, d) = pool.select_decided(&[]).expect("pick");
+            assert_eq!(d, Decision::Fallback(Fallback::StaleScores));
+        }
+        // A server added since the last refresh has no curve: the fallback decides until the
+        // next refresh scores it.
+        publish(&pool, clock::now_ns(), None, |_| 1.0);
+        let four = format!("{THREE}      - {{ id: d, address: 127.0.0.1:9004 }}\n");
+        let added = pool.apply(&pool_cfg(&four, "    strategy: ml\n"));
+        assert_eq!(added[0].slot(), 3, "a new slot, never one in use");
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(d, Decision::Fallback(Fallback::NoScores));
+        publish(&pool, clock::now_ns(), None, |_| 1.0);
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert!(matches!(d, Decision::Ml { .. }), "{d:?}");
+
+        // Another strategy: no ML decision at all.
+        pool.apply(&pool_cfg(&four, "    strategy: p2c_ewma\n"));
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(d, Decision::Classic);
     }
 
     #[test]

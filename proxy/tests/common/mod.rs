@@ -2,6 +2,7 @@
 //! with configuration files in a temporary directory, and kills it when dropped.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod pg;
 pub mod raw;
 
@@ -265,13 +266,7 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        send_signal(self.pid(), sig);
     }
 
     /// Waits for the process to exit.
@@ -393,6 +388,15 @@ pub fn load(
     load_opts(proxy_url, concurrency, stop, None)
 }
 
+/// Runs `concurrency` client loops against `url` for `secs` seconds; returns every result.
+pub async fn run_for(url: String, concurrency: usize, secs: u64) -> Vec<(u16, String)> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run = load(url, concurrency, stop.clone());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    run.await.expect("load")
+}
+
 /// One GET: (status, backend id), or (0, the error) when it failed at the transport level.
 pub async fn get_once(client: &reqwest::Client, url: &str) -> (u16, String) {
     match client.get(url).send().await {
@@ -447,4 +451,15 @@ pub fn load_opts(
         }
         all
     })
+}
+
+/// Sends signal `sig` (`STOP`, `CONT`, `HUP`, ...) to process `pid`.
+pub fn send_signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }

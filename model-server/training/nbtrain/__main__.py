@@ -1,0 +1,7 @@
+"""Entry point of ``python -m nbtrain`` (see :mod:`nbtrain.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
