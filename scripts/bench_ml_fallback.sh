@@ -22,6 +22,9 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pin() { if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# For background processes (`pin_exec CPU cmd ... &`): the subshell becomes the process, so
+# `$!` is its pid (the model server must be the process that SIGSTOP reaches).
+pin_exec() { if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 
 # Ten exponential servers of different speeds: a fleet where the strategy matters.
 ports=()
@@ -33,10 +36,10 @@ ports=()
     echo "  - { id: b$i, listen: \"127.0.0.1:$p\", slots: 4, service: { dist: exponential, mean_ms: $mean } }"
   done
 } >"$work/fleet.yaml"
-pin 1 "$root/target/release/backend-sim" --fleet "$work/fleet.yaml" 2>"$work/sim.log" &
+pin_exec 1 "$root/target/release/backend-sim" --fleet "$work/fleet.yaml" 2>"$work/sim.log" &
 pids+=($!)
 mport=$(free_port)
-pin 0 "$root/target/release/model-server" --listen "127.0.0.1:$mport" --model model-server/models/scorer.onnx 2>"$work/model.log" &
+pin_exec 0 "$root/target/release/model-server" --listen "127.0.0.1:$mport" --model model-server/models/scorer.onnx 2>"$work/model.log" &
 model_pid=$!
 pids+=("$model_pid")
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$mport/health" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -62,7 +65,7 @@ YAML
     echo "routes:"
     echo "  - { host: \"*\", path_prefix: /, pool: bench }"
   } >"$work/$name/upstreams.yaml"
-  pin 0 env -u DATABASE_URL RUST_LOG=warn "$root/target/release/neurabalancer" run --config "$work/$name/neurabalancer.yaml" 2>"$work/$name/proxy.log" &
+  pin_exec 0 env -u DATABASE_URL RUST_LOG=warn "$root/target/release/neurabalancer" run --config "$work/$name/neurabalancer.yaml" 2>"$work/$name/proxy.log" &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/health/ready" >/dev/null 2>&1 && break; sleep 0.1; done
   echo "$listen $admin" >"$work/$name.ports"
@@ -84,6 +87,11 @@ for r in $(seq "$reps"); do
 done
 admin=$(cut -d' ' -f2 "$work/ml.ports")
 curl -s "http://127.0.0.1:$admin/metrics" | grep -E '^neurabalancer_ml_(fallback_total|circuit_breaker_open|decisions_total)' || true
+fallbacks=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^neurabalancer_ml_fallback_total/ { n += $2 } END { print n + 0 }')
+if [ "$fallbacks" = 0 ]; then
+  echo "bench_ml_fallback: the ml proxy never fell back: the model server was not hung" >&2
+  exit 1
+fi
 python3 - "$work" "$reps" <<'PY'
 import json, math, os, sys
 work, reps = sys.argv[1], int(sys.argv[2])

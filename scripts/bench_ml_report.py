@@ -120,6 +120,12 @@ def main():
             sim_rows(sim),
             "",
         ]
+    # The per-request costs and the hung-model-server run (criterion and
+    # scripts/bench_ml_fallback.sh), written by hand from their output.
+    costs = os.path.join(out, "costs.md")
+    if os.path.exists(costs):
+        with open(costs) as f:
+            lines += [f.read().rstrip(), ""]
     lines += [br.ML_END]
     page = os.path.join(br.ROOT, "docs", "benchmarks.md")
     with open(page) as f:
