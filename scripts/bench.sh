@@ -8,13 +8,7 @@
 # scripts/bench_report.py writes docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx haproxy >/dev/null
-fi
+./scripts/setup.sh --peers
 cargo build --release --quiet -p neurabalancer -p backend-sim -p nb-lab
 bench=./target/release/nb-bench
 peers=round_robin,least_connections,p2c_ewma,prequal,orca_least_delay,nginx:least_conn,haproxy:leastconn

@@ -8,13 +8,7 @@
 # docs/bench/ml/; then scripts/bench_ml_report.py writes its section of docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx haproxy >/dev/null
-fi
+./scripts/setup.sh --peers
 cargo build --release --quiet -p neurabalancer -p backend-sim -p nb-lab -p model-server
 bench=./target/release/nb-bench
 out=${OUT:-docs/bench/ml}

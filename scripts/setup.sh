@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing NeuraBalancer needs on a Debian/Ubuntu machine that
-# already has cargo and python3. Idempotent: installs only what is missing.
+# already has cargo and python3. Idempotent: installs only what is missing. With --peers it
+# also installs nginx and HAProxy, the lab's peer proxies (the benchmark scripts ask for them).
 set -euo pipefail
 
 missing=()
+if [ "${1:-}" = --peers ]; then
+  command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+fi
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)   # pingora-core builds zlib-ng with it
 command -v curl >/dev/null 2>&1 || missing+=(curl)     # the demo polls the admin API
 # The tests start throwaway PostgreSQL clusters with the server binaries (initdb, pg_ctl).
