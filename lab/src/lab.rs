@@ -382,6 +382,7 @@ async fn run_once(
     opts: &LabOptions,
     budget: &mut Duration,
 ) -> Result<Report, String> {
+    let mut last_error = None;
     for _attempt in 0..START_ATTEMPTS {
         let dir = TempDir::new("nb-bench").map_err(|e| format!("temp dir: {e}"))?;
         let started = Instant::now();
@@ -397,7 +398,13 @@ async fn run_once(
             stats,
             orca: !target.orca_off(),
         };
-        let (mut fleet, servers) = start_fleet(scenario, opts, dir.path(), &fleet_run).await?;
+        let (mut fleet, servers) = match start_fleet(scenario, opts, dir.path(), &fleet_run).await {
+            Err(e) if port_taken(&e) => {
+                last_error = Some(e);
+                continue;
+            }
+            r => r?,
+        };
         let ports = procs::free_ports(2).map_err(|e| format!("ports: {e}"))?;
         let front = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
@@ -409,7 +416,7 @@ async fn run_once(
             );
             d.join(name)
         });
-        let (mut proxy, scorer) = start_front(
+        let started_front = start_front(
             target,
             scenario,
             opts,
@@ -419,11 +426,19 @@ async fn run_once(
             dir.path(),
             record.as_deref(),
         )
-        .await?;
+        .await;
+        let (mut proxy, scorer) = match started_front {
+            Err(e) if port_taken(&e) => {
+                last_error = Some(e);
+                continue;
+            }
+            r => r?,
+        };
         let startup = started.elapsed();
         if Instant::now() + READY_MARGIN > epoch {
             // Too slow for the chosen start: tear down (on drop) and retry with more slack.
             *budget = (*budget * 2).max(startup * 2);
+            last_error = None;
             continue;
         }
         *budget = MIN_STARTUP + startup.mul_f64(1.5);
@@ -435,9 +450,18 @@ async fn run_once(
         drop((proxy, scorer, fleet, dir));
         return Ok(report.with_label(target.to_string()));
     }
-    Err(format!(
-        "the fleet and the proxy were not ready within the start-up slack ({START_ATTEMPTS} attempts, last {budget:?})"
-    ))
+    Err(match last_error {
+        Some(e) => format!("{START_ATTEMPTS} attempts found a chosen port taken; the last: {e}"),
+        None => format!(
+            "the fleet and the proxy were not ready within the start-up slack ({START_ATTEMPTS} attempts, last {budget:?})"
+        ),
+    })
+}
+
+/// Whether a start failed because another process bound a port between its choice
+/// ([`procs::free_ports`]) and the child's bind: worth another attempt on fresh ports.
+fn port_taken(error: &str) -> bool {
+    error.contains("Address already in use")
 }
 
 /// How one run's fleet is started.
@@ -609,5 +633,24 @@ fn http_get_body(addr: SocketAddr, path: &str) -> std::io::Result<String> {
             std::io::ErrorKind::InvalidData,
             format!("status {status}: {body:?}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_between_choice_and_bind_is_recognised_from_the_child_log() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let e = std::net::TcpListener::bind(addr).expect_err("the port is held");
+        // What backend-sim and the proxy log when their bind fails, as run_once sees it.
+        let start_error =
+            format!("backend-sim exited (exit status: 1); its log ends:\nERROR stats listener on {addr}: {e}");
+        assert!(port_taken(&start_error), "{start_error}");
+        assert!(!port_taken(
+            "backend-sim exited (exit status: 1); its log ends:\nbad fleet file"
+        ));
     }
 }
