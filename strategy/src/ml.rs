@@ -338,10 +338,14 @@ where
         };
         let orca = params.ml.orca;
         let rif = if orca { load.ahead(now_ns) } else { load.inflight() };
-        window.push(rif);
         *slot = (i, rif, cost_ns(cv, load, now_ns, params));
     }
     let probes = &probes[..d];
+    // Only a pick this strategy makes feeds the window: on `NoCurve` the fallback samples
+    // (and, if it is `prequal`, pushes) its own.
+    for p in probes {
+        window.push(p.1);
+    }
     let threshold = window.quantile(params.prequal.hot_quantile, params.prequal.rif_window);
     let cold_min = probes
         .iter()

@@ -846,8 +846,16 @@ mod ml_tests {
         let f = Fleet::new(&[1, 1]);
         let curves = [curve(&p, 10.0, 0.0, 0.0)];
         let mut rng = SmallRng::seed_from_u64(1);
-        let got = ml::pick(&p, State::new().rif_window(), &f, |i| curves.get(i), 0, &mut rng);
+        let state = State::new();
+        let _busy: Vec<_> = (0..5).map(|_| f.loads[0].track()).collect();
+        let got = ml::pick(&p, state.rif_window(), &f, |i| curves.get(i), 0, &mut rng);
         assert_eq!(got, MlPick::NoCurve);
+        assert_eq!(
+            state.rif_window().quantile(1.0, 16),
+            0,
+            "a pick left to the fallback adds nothing to the hot threshold's window"
+        );
+        drop(_busy);
         let mut none = Fleet::new(&[1]);
         none.eligible[0] = false;
         let got = ml::pick(&p, State::new().rif_window(), &none, |i| curves.get(i), 0, &mut rng);
