@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::strategy::ml::Curve;
-use crate::upstream::NO_SLOT;
+use crate::upstream::{Slot, NO_SLOT};
 
 pub use breaker::Breaker;
 pub use scorer::Scorer;
@@ -83,24 +83,26 @@ pub struct PoolScores {
     /// When the rows were built (clock ns): the scores describe the servers then.
     pub at_ns: u64,
     pub model_version: Arc<str>,
-    /// Indexed by [`BackendStats::slot`](crate::upstream::BackendStats::slot); `None` where
-    /// a slot is not in the pool or its answers were not finite.
-    curves: Vec<Option<Curve>>,
+    /// Indexed by [`Slot::index`] of [`BackendStats::slot`](crate::upstream::BackendStats::slot),
+    /// with the slot's generation when scored; `None` where a slot is not in the pool or its
+    /// answers were not finite. As long as the pool's largest number of servers at once
+    /// (slots are reused).
+    curves: Vec<Option<(u32, Curve)>>,
 }
 
 impl PoolScores {
     /// Scores from `(slot, curve)` pairs.
-    pub fn new(at_ns: u64, model_version: Arc<str>, curves: impl IntoIterator<Item = (u32, Curve)>) -> Self {
-        let mut by_slot: Vec<Option<Curve>> = Vec::new();
+    pub fn new(at_ns: u64, model_version: Arc<str>, curves: impl IntoIterator<Item = (Slot, Curve)>) -> Self {
+        let mut by_slot: Vec<Option<(u32, Curve)>> = Vec::new();
         for (slot, curve) in curves {
             if slot == NO_SLOT {
                 continue;
             }
-            let i = slot as usize;
+            let i = slot.index as usize;
             if by_slot.len() <= i {
                 by_slot.resize(i + 1, None);
             }
-            by_slot[i] = Some(curve);
+            by_slot[i] = Some((slot.generation, curve));
         }
         PoolScores {
             at_ns,
@@ -109,9 +111,13 @@ impl PoolScores {
         }
     }
 
-    /// The curve of the server in `slot`, if it was scored.
-    pub fn curve(&self, slot: u32) -> Option<&Curve> {
-        self.curves.get(slot as usize).and_then(Option::as_ref)
+    /// The curve of the server in `slot`, if it was scored: `None` also for a slot's earlier
+    /// or later holder.
+    pub fn curve(&self, slot: Slot) -> Option<&Curve> {
+        match self.curves.get(slot.index as usize)? {
+            Some((generation, curve)) if *generation == slot.generation => Some(curve),
+            _ => None,
+        }
     }
 }
 
@@ -191,9 +197,13 @@ mod tests {
         Curve::new(&[ms; CURVE_LEVELS], &[0.0; CURVE_LEVELS], &params, 1.0).expect("finite")
     }
 
+    fn slot(index: u32, generation: u32) -> Slot {
+        Slot { index, generation }
+    }
+
     fn view(failure: Option<Fallback>, at_ns: Option<u64>) -> MlView {
         MlView {
-            scores: at_ns.map(|at| Arc::new(PoolScores::new(at, "v1".into(), [(0, curve(5.0))]))),
+            scores: at_ns.map(|at| Arc::new(PoolScores::new(at, "v1".into(), [(slot(0, 0), curve(5.0))]))),
             failure,
             stale_ns: 1_000,
         }
@@ -222,11 +232,22 @@ mod tests {
 
     #[test]
     fn curves_are_found_by_slot() {
-        let s = PoolScores::new(0, "v".into(), [(3, curve(7.0)), (NO_SLOT, curve(1.0)), (1, curve(2.0))]);
-        assert!(s.curve(0).is_none() && s.curve(2).is_none() && s.curve(4).is_none());
+        let s = PoolScores::new(
+            0,
+            "v".into(),
+            [
+                (slot(3, 0), curve(7.0)),
+                (NO_SLOT, curve(1.0)),
+                (slot(1, 2), curve(2.0)),
+            ],
+        );
+        assert!(s.curve(slot(0, 0)).is_none() && s.curve(slot(2, 0)).is_none() && s.curve(slot(4, 0)).is_none());
         assert!(s.curve(NO_SLOT).is_none());
-        assert_eq!(s.curve(3).map(|c| c.latency_ms[0]), Some(7.0));
-        assert_eq!(s.curve(1).map(|c| c.latency_ms[0]), Some(2.0));
+        assert_eq!(s.curve(slot(3, 0)).map(|c| c.latency_ms[0]), Some(7.0));
+        assert_eq!(s.curve(slot(1, 2)).map(|c| c.latency_ms[0]), Some(2.0));
+        // The slot's earlier and later holders find nothing.
+        assert!(s.curve(slot(1, 1)).is_none() && s.curve(slot(1, 3)).is_none());
+        assert!(s.curve(slot(3, 1)).is_none());
     }
 
     #[test]

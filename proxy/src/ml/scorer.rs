@@ -35,7 +35,7 @@ use crate::metrics::metrics;
 use crate::state::Shared;
 use crate::strategy::ml::{calibration, curve_rows, scored_queue, Curve, RowPlan, CURVE_LEVELS};
 use crate::strategy::{Params, StrategyKind};
-use crate::upstream::{BackendStats, Pool, NO_SLOT};
+use crate::upstream::{BackendStats, Pool, Slot, NO_SLOT};
 
 /// A failure is logged when it starts, when its message changes, and at most this often
 /// while it lasts.
@@ -336,7 +336,7 @@ impl ScorerState {
             self.replan = true;
         }
         let version: Arc<str> = a.model_version.as_str().into();
-        let mut per_pool: Vec<Vec<(u32, Curve)>> = vec![Vec::new(); pools.len()];
+        let mut per_pool: Vec<Vec<(Slot, Curve)>> = vec![Vec::new(); pools.len()];
         for (k, (i, s, params, queue)) in targets.iter().enumerate() {
             let at = k * CURVE_LEVELS..(k + 1) * CURVE_LEVELS;
             let (lat, pf) = (&a.latency_ms[at.clone()], &a.p_fail[at]);

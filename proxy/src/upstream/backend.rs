@@ -113,14 +113,40 @@ pub struct BackendStats {
     reported_rps: AtomicU32,
     /// When that report came (`u64::MAX`: never).
     reported_ns: AtomicU64,
-    /// This server's index in its pool's `ml` score tables ([`NO_SLOT`] until the pool gives
-    /// it one): unique within the pool for the pool's lifetime, set once by the control
-    /// plane before the server is published.
-    slot: AtomicU32,
+    /// This server's [`Slot`] in its pool's `ml` score tables ([`NO_SLOT`] until the pool
+    /// gives it one), as [`Slot::bits`]; set once by the control plane before the server is
+    /// published.
+    slot: AtomicU64,
+}
+
+/// A server's place in its pool's `ml` score tables: an index, reused once the server that
+/// held it is gone, and the generation of that use, so that a table scored for the previous
+/// holder never describes the next one ([`PoolScores::curve`](crate::ml::PoolScores::curve)
+/// compares both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    pub index: u32,
+    pub generation: u32,
+}
+
+impl Slot {
+    fn bits(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    fn from_bits(bits: u64) -> Self {
+        Slot {
+            index: bits as u32,
+            generation: (bits >> 32) as u32,
+        }
+    }
 }
 
 /// [`BackendStats::slot`] of a server no pool has given a slot (it has no `ml` scores).
-pub const NO_SLOT: u32 = u32::MAX;
+pub const NO_SLOT: Slot = Slot {
+    index: u32::MAX,
+    generation: u32::MAX,
+};
 
 /// What a backend last reported about its own load (ORCA); `None` where it never did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -169,17 +195,17 @@ impl BackendStats {
             reported_queue: nan_bits(),
             reported_rps: nan_bits(),
             reported_ns: AtomicU64::new(u64::MAX),
-            slot: AtomicU32::new(NO_SLOT),
+            slot: AtomicU64::new(NO_SLOT.bits()),
         })
     }
 
-    /// The server's index in its pool's `ml` score tables, [`NO_SLOT`] when it has none.
-    pub fn slot(&self) -> u32 {
-        self.slot.load(Relaxed)
+    /// The server's place in its pool's `ml` score tables, [`NO_SLOT`] when it has none.
+    pub fn slot(&self) -> Slot {
+        Slot::from_bits(self.slot.load(Relaxed))
     }
 
-    pub(crate) fn set_slot(&self, slot: u32) {
-        self.slot.store(slot, Relaxed);
+    pub(crate) fn set_slot(&self, slot: Slot) {
+        self.slot.store(slot.bits(), Relaxed);
     }
 
     pub fn id(&self) -> Arc<String> {

@@ -6,7 +6,7 @@ mod pool;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use backend::{BackendStats, Failure, Health, Membership, ReportedLoad, NO_SLOT};
+pub use backend::{BackendStats, Failure, Health, Membership, ReportedLoad, Slot, NO_SLOT};
 pub use pool::{Ejection, Leaving, Members, Pool, PoolIter, PoolSelector, PoolShared};
 
 use crate::config::{RouteConfig, UpstreamsConfig};

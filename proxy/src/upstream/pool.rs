@@ -4,8 +4,9 @@
 //! Ownership and update order (the control plane is the only writer, serialised by
 //! `Pool::write_lock`):
 //! 1. [`Pool::apply`] creates [`BackendStats`] for new servers (pending when the pool has
-//!    active checks; each with a *slot*, its index in the pool's `ml` curves, taken from
-//!    `PoolShared::next_slot` and never reused in the pool), updates weights and ids of kept
+//!    active checks; each with a *slot*, its place in the pool's `ml` curves, taken from
+//!    `PoolShared::slots`: the lowest free index, with a new generation, so the tables stay
+//!    as long as the most servers the pool had at once), updates weights and ids of kept
 //!    ones, and turns removed ones into
 //!    *leaving* servers, which keep serving until every server of the pool is healthy or
 //!    `removed_drain_ms` passes ([`Pool::retire_leaving`], called after every check round).
@@ -39,7 +40,8 @@
 //! 3. when that leaves nothing, ejected ones too (healthy ones only, outside panic).
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -53,7 +55,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use prometheus::IntCounter;
 
-use super::backend::{BackendStats, Failure, Health, Membership};
+use super::backend::{BackendStats, Failure, Health, Membership, Slot};
 use crate::clock;
 use crate::config::PoolConfig;
 use crate::metrics::metrics;
@@ -110,13 +112,23 @@ pub struct PoolShared {
     panic_total: IntCounter,
     /// The latest `ml` scores and refresh outcome; written by the scorer only.
     pub ml: ArcSwapOption<MlView>,
-    /// The next server slot (control plane only).
-    next_slot: AtomicU32,
+    /// The servers' slots (control plane only).
+    slots: Mutex<Slots>,
     /// `neurabalancer_ml_decisions_total{pool}`, looked up once.
     ml_decisions: IntCounter,
 }
 
 impl PoolShared {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `s` gone from the pool and frees its slot.
+    fn gone(&self, s: &BackendStats) {
+        s.set_membership(Membership::Gone);
+        self.slots().release(s.slot());
+    }
+
     fn new(name: Arc<str>, kind: StrategyKind) -> Arc<Self> {
         let panic_total = metrics().panic_routing.with_label_values(&[&*name]);
         let ml_decisions = metrics().ml_decisions.with_label_values(&[&*name]);
@@ -127,7 +139,7 @@ impl PoolShared {
             panic_threshold: AtomicU32::new(0),
             panic_total,
             ml: ArcSwapOption::empty(),
-            next_slot: AtomicU32::new(0),
+            slots: Mutex::default(),
             ml_decisions,
         })
     }
@@ -414,7 +426,7 @@ impl Pool {
                 }
                 None => {
                     let st = BackendStats::new(self.name.clone(), &s.id, s.resolved, s.weight, has_checks);
-                    st.set_slot(self.shared.next_slot.fetch_add(1, Relaxed));
+                    st.set_slot(self.shared.slots().take());
                     added.push(st.clone());
                     st
                 }
@@ -439,7 +451,7 @@ impl Pool {
                     until_ns,
                 });
             } else {
-                s.set_membership(Membership::Gone);
+                self.shared.gone(s);
             }
         }
         self.shared.panic_threshold.store(cfg.panic_threshold_percent, Relaxed);
@@ -451,7 +463,7 @@ impl Pool {
             ml: cfg.ml,
         }));
         self.config.store(Arc::new(cfg.clone()));
-        let leaving = still_leaving(&list, leaving, now);
+        let leaving = still_leaving(&list, leaving, now, |s| self.shared.gone(s));
         self.publish(Members::new(list, leaving));
         if !added.is_empty() {
             self.added.notify_one();
@@ -467,7 +479,7 @@ impl Pool {
         if old.leaving.is_empty() {
             return 0;
         }
-        let leaving = still_leaving(&old.list, old.leaving.clone(), clock::now_ns());
+        let leaving = still_leaving(&old.list, old.leaving.clone(), clock::now_ns(), |s| self.shared.gone(s));
         let gone = old.leaving.len() - leaving.len();
         if gone > 0 {
             self.publish(Members::new(old.list.clone(), leaving));
@@ -573,19 +585,61 @@ impl Pool {
 }
 
 /// The leaving servers that stay: none once every member is healthy, and each only until its
-/// drain time; those that go are marked gone.
-fn still_leaving(members: &[Arc<BackendStats>], leaving: Vec<Leaving>, now_ns: u64) -> Vec<Leaving> {
+/// drain time; `gone` is called with each that goes.
+fn still_leaving(
+    members: &[Arc<BackendStats>],
+    leaving: Vec<Leaving>,
+    now_ns: u64,
+    mut gone: impl FnMut(&BackendStats),
+) -> Vec<Leaving> {
     let replaced = members.iter().all(|s| s.is_healthy());
     leaving
         .into_iter()
         .filter(|l| {
             let stay = !replaced && now_ns < l.until_ns;
             if !stay {
-                l.stats.set_membership(Membership::Gone);
+                gone(&l.stats);
             }
             stay
         })
         .collect()
+}
+
+/// A pool's `ml` slots: indexes given out lowest free first, each use with a generation of
+/// its own.
+#[derive(Debug, Default)]
+struct Slots {
+    /// The generation of each index's latest use.
+    generations: Vec<u32>,
+    free: BinaryHeap<Reverse<u32>>,
+}
+
+impl Slots {
+    fn take(&mut self) -> Slot {
+        match self.free.pop() {
+            Some(Reverse(index)) => Slot {
+                index,
+                generation: self.generations[index as usize],
+            },
+            None => {
+                let index = u32::try_from(self.generations.len()).expect("fewer than 2^32 servers in a pool");
+                self.generations.push(0);
+                Slot { index, generation: 0 }
+            }
+        }
+    }
+
+    /// Frees `slot` for the next server, under a new generation.
+    fn release(&mut self, slot: Slot) {
+        let Some(generation) = self.generations.get_mut(slot.index as usize) else {
+            return;
+        };
+        if *generation != slot.generation {
+            return; // not this holder's (already released)
+        }
+        *generation = generation.wrapping_add(1);
+        self.free.push(Reverse(slot.index));
+    }
 }
 
 #[cfg(test)]
@@ -783,7 +837,7 @@ mod tests {
     #[test]
     fn ml_decides_by_the_curves_and_falls_back_with_the_reason() {
         let pool = Pool::new("p", &pool_cfg(THREE, "    strategy: ml\n"));
-        let slots: BTreeSet<u32> = pool.members().list.iter().map(|s| s.slot()).collect();
+        let slots: BTreeSet<u32> = pool.members().list.iter().map(|s| s.slot().index).collect();
         assert_eq!(slots, BTreeSet::from([0, 1, 2]), "each server has its own slot");
         let (_, d) = pool.select_decided(&[]).expect("pick");
         assert_eq!(
@@ -831,12 +885,61 @@ mod tests {
         publish(&pool, clock::now_ns(), None, |_| 1.0);
         let four = format!("{THREE}      - {{ id: d, address: 127.0.0.1:9004 }}\n");
         let added = pool.apply(&pool_cfg(&four, "    strategy: ml\n"));
-        assert_eq!(added[0].slot(), 3, "a new slot, never one in use");
+        assert_eq!(
+            added[0].slot(),
+            Slot {
+                index: 3,
+                generation: 0
+            },
+            "a new slot, never one in use"
+        );
         let (_, d) = pool.select_decided(&[]).expect("pick");
         assert_eq!(d, Decision::Fallback(Fallback::NoScores));
         publish(&pool, clock::now_ns(), None, |_| 1.0);
         let (_, d) = pool.select_decided(&[]).expect("pick");
         assert!(matches!(d, Decision::Ml { .. }), "{d:?}");
+
+        // A gone server's index goes to the next server that joins, under a new generation:
+        // the tables stay as long as the most servers the pool had at once, and scores of
+        // the old holder are not the new one's. (A replacement in the same reload joins
+        // before its predecessor leaves, so it takes the next index.)
+        let with = |id: &str, port: u16| {
+            four.replace(
+                "id: d, address: 127.0.0.1:9004",
+                &format!("id: {id}, address: 127.0.0.1:{port}"),
+            )
+        };
+        let old_d = pool.members().get(&addr(9004)).expect("d").clone();
+        let added = pool.apply(&pool_cfg(&with("e", 9005), "    strategy: ml\n"));
+        assert!(old_d.is_gone());
+        assert_eq!(
+            added[0].slot(),
+            Slot {
+                index: 4,
+                generation: 0
+            }
+        );
+        // The latest scores still hold d's curve at index 3, generation 0.
+        let added = pool.apply(&pool_cfg(&with("f", 9006), "    strategy: ml\n"));
+        assert_eq!(
+            added[0].slot(),
+            Slot {
+                index: 3,
+                generation: 1
+            },
+            "d's index, reused"
+        );
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(d, Decision::Fallback(Fallback::NoScores), "d's curve is not f's");
+        publish(&pool, clock::now_ns(), None, |_| 1.0);
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert!(matches!(d, Decision::Ml { .. }), "{d:?}");
+        let mut most = 0;
+        for round in 0..50u16 {
+            let added = pool.apply(&pool_cfg(&with("g", 9100 + round), "    strategy: ml\n"));
+            most = most.max(added[0].slot().index);
+        }
+        assert_eq!(most, 4, "churn reuses slots");
 
         // Another strategy: no ML decision at all.
         pool.apply(&pool_cfg(&four, "    strategy: p2c_ewma\n"));
