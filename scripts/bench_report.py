@@ -68,24 +68,45 @@ def shares(sr):
 
 def p99s(sr):
     """Headline p99 per strategy and repetition."""
+    return per_rep(sr, lambda report: report["latency_ms"]["p99"])
+
+
+def error_rates(sr):
+    """Error rate per strategy and repetition."""
+    return per_rep(sr, lambda report: report["error_rate"])
+
+
+def per_rep(sr, value):
     out = {}
     for run in sr["runs"]:
-        out.setdefault(run["strategy"], {})[run["rep"]] = run["report"]["latency_ms"]["p99"]
+        out.setdefault(run["strategy"], {})[run["rep"]] = value(run["report"])
     return out
 
 
-def paired(a, b, resamples=4000):
+def bootstrap_mean(xs, resamples=4000):
+    """Mean of `xs` with a 95 % percentile-bootstrap interval (fixed seed)."""
+    rng = random.Random(1)
+    boot = sorted(sum(rng.choice(xs) for _ in xs) / len(xs) for _ in range(resamples))
+    return sum(xs) / len(xs), boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+
+
+def paired(a, b):
     """Geometric mean of a[r] / b[r] over shared repetitions, with a 95 % percentile-bootstrap
     interval (fixed seed), as nb-bench pairs its ratios."""
     logs = [math.log(a[r] / b[r]) for r in sorted(set(a) & set(b)) if a[r] > 0 and b[r] > 0]
     if not logs:
         return None
-    gm = math.exp(sum(logs) / len(logs))
-    rng = random.Random(1)
-    boot = sorted(
-        math.exp(sum(rng.choice(logs) for _ in logs) / len(logs)) for _ in range(resamples)
-    )
-    return {"ratio": gm, "ci_low": boot[int(0.025 * resamples)], "ci_high": boot[int(0.975 * resamples) - 1], "pairs": len(logs)}
+    mean, low, high = bootstrap_mean(logs)
+    return {"ratio": math.exp(mean), "ci_low": math.exp(low), "ci_high": math.exp(high), "pairs": len(logs)}
+
+
+def paired_difference(a, b):
+    """Mean of a[r] − b[r] over shared repetitions, with a 95 % percentile-bootstrap interval."""
+    diffs = [a[r] - b[r] for r in sorted(set(a) & set(b))]
+    if not diffs:
+        return None
+    mean, low, high = bootstrap_mean(diffs)
+    return {"difference": mean, "ci_low": low, "ci_high": high, "pairs": len(diffs)}
 
 
 def aggregate(sr, name):

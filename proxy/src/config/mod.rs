@@ -113,8 +113,8 @@ pub struct MlConfig {
     pub stale_ms: Option<u64>,
 }
 
-pub const DEFAULT_ML_EXPLORE: f64 = 0.02;
-pub const DEFAULT_ML_TIE: f64 = 0.10;
+pub const DEFAULT_ML_EXPLORE: f64 = crate::strategy::ml::DEFAULT_EXPLORE;
+pub const DEFAULT_ML_TIE: f64 = crate::strategy::ml::DEFAULT_TIE;
 pub const DEFAULT_ML_CIRCUIT_FAILURES: u32 = 3;
 pub const DEFAULT_ML_CIRCUIT_OPEN_MS: u64 = 1_000;
 /// The least default `stale_ms` (refreshes every 100 ms or less still get a second).
@@ -678,7 +678,7 @@ mod tests {
         assert_eq!(ml.endpoint, DEFAULT_ML_ENDPOINT);
         assert_eq!((ml.refresh_ms, ml.timeout_ms), (100, 50));
         assert_eq!(ml.fallback, StrategyKind::P2cEwma);
-        assert_eq!((ml.explore, ml.tie, ml.orca), (0.02, 0.10, true));
+        assert_eq!((ml.explore, ml.tie, ml.orca), (0.02, 0.30, true));
         assert_eq!((ml.circuit_failures, ml.circuit_open_ms), (3, 1000));
         assert_eq!(ml.stale_ms, None);
         assert_eq!(ml.stale_ms(), MIN_ML_STALE_MS, "10 x 100 ms");
