@@ -398,16 +398,6 @@ async fn run_once(
             stats,
             orca: !target.orca_off(),
         };
-        let (mut fleet, servers) = match start_fleet(scenario, opts, dir.path(), &fleet_run).await {
-            Err(e) if port_taken(&e) => {
-                last_error = Some(e);
-                continue;
-            }
-            r => r?,
-        };
-        let ports = procs::free_ports(2).map_err(|e| format!("ports: {e}"))?;
-        let front = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
         let record = opts.record.as_ref().map(|d| {
             let name = format!(
                 "{}.{}.s{seed}.jsonl",
@@ -416,18 +406,28 @@ async fn run_once(
             );
             d.join(name)
         });
-        let started_front = start_front(
-            target,
-            scenario,
-            opts,
-            &servers,
-            front,
-            admin,
-            dir.path(),
-            record.as_deref(),
-        )
-        .await;
-        let (mut proxy, scorer) = match started_front {
+        // The fleet, then the proxy in front of it on ports chosen once the fleet holds its
+        // own. Either may find a port it was given taken by another process between the
+        // choice and the bind: that attempt starts over.
+        let started_all = async {
+            let (fleet, servers) = start_fleet(scenario, opts, dir.path(), &fleet_run).await?;
+            let ports = procs::free_ports(2).map_err(|e| format!("ports: {e}"))?;
+            let front = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
+            let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
+            let (proxy, scorer) = start_front(
+                target,
+                scenario,
+                opts,
+                &servers,
+                front,
+                admin,
+                dir.path(),
+                record.as_deref(),
+            )
+            .await?;
+            Ok::<_, String>((fleet, proxy, scorer, front))
+        };
+        let (mut fleet, mut proxy, scorer, front) = match started_all.await {
             Err(e) if port_taken(&e) => {
                 last_error = Some(e);
                 continue;
