@@ -11,12 +11,15 @@ applied in order.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -59,10 +62,22 @@ def _bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(handler: type[http.server.BaseHTTPRequestHandler]):
+    """Serves ``handler`` on a free port of 127.0.0.1 in a thread; yields the port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +103,7 @@ def pg_cluster():
             raise RuntimeError(f"{' '.join(cmd)} failed: {r.stdout}{r.stderr}{log}")
 
     data = tmp / "data"
-    port = _free_port()
+    port = free_port()
     # If this process dies without tearing down (killed, timed out), a watchdog in its own
     # session sees EOF on a pipe only we hold open and stops the server, so none is left behind.
     as_pg = "runuser -u postgres -- " if root else ""

@@ -3,7 +3,6 @@
 import http.server
 import json
 import os
-import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 import synth
-from conftest import SMALL
+from conftest import SMALL, serve
 from nbtrain import cli, export, loop, train
 
 
@@ -46,11 +45,8 @@ def reload_server():
         def log_message(self, *_):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", seen
-    srv.shutdown()
-    srv.server_close()
+    with serve(H) as port:
+        yield f"http://127.0.0.1:{port}", seen
 
 
 def models_table(url):

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port, serve
 from nbtrain import features, records
 
 SERVICE_S = 0.005
@@ -39,12 +38,6 @@ def proxy_binary() -> Path:
     path = target / "release" / "neurabalancer"
     assert path.is_file(), f"no {path}: build it first (cargo build --release -p neurabalancer)"
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -67,11 +60,8 @@ def backend():
         def log_message(self, *args):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    with serve(H) as port:
+        yield port
 
 
 def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:

@@ -197,13 +197,9 @@ mod tests {
         Curve::new(&[ms; CURVE_LEVELS], &[0.0; CURVE_LEVELS], &params, 1.0).expect("finite")
     }
 
-    fn slot(index: u32, generation: u32) -> Slot {
-        Slot { index, generation }
-    }
-
     fn view(failure: Option<Fallback>, at_ns: Option<u64>) -> MlView {
         MlView {
-            scores: at_ns.map(|at| Arc::new(PoolScores::new(at, "v1".into(), [(slot(0, 0), curve(5.0))]))),
+            scores: at_ns.map(|at| Arc::new(PoolScores::new(at, "v1".into(), [(Slot::new(0, 0), curve(5.0))]))),
             failure,
             stale_ns: 1_000,
         }
@@ -236,18 +232,22 @@ mod tests {
             0,
             "v".into(),
             [
-                (slot(3, 0), curve(7.0)),
+                (Slot::new(3, 0), curve(7.0)),
                 (NO_SLOT, curve(1.0)),
-                (slot(1, 2), curve(2.0)),
+                (Slot::new(1, 2), curve(2.0)),
             ],
         );
-        assert!(s.curve(slot(0, 0)).is_none() && s.curve(slot(2, 0)).is_none() && s.curve(slot(4, 0)).is_none());
+        assert!(
+            s.curve(Slot::new(0, 0)).is_none()
+                && s.curve(Slot::new(2, 0)).is_none()
+                && s.curve(Slot::new(4, 0)).is_none()
+        );
         assert!(s.curve(NO_SLOT).is_none());
-        assert_eq!(s.curve(slot(3, 0)).map(|c| c.latency_ms[0]), Some(7.0));
-        assert_eq!(s.curve(slot(1, 2)).map(|c| c.latency_ms[0]), Some(2.0));
+        assert_eq!(s.curve(Slot::new(3, 0)).map(|c| c.latency_ms[0]), Some(7.0));
+        assert_eq!(s.curve(Slot::new(1, 2)).map(|c| c.latency_ms[0]), Some(2.0));
         // The slot's earlier and later holders find nothing.
-        assert!(s.curve(slot(1, 1)).is_none() && s.curve(slot(1, 3)).is_none());
-        assert!(s.curve(slot(3, 1)).is_none());
+        assert!(s.curve(Slot::new(1, 1)).is_none() && s.curve(Slot::new(1, 3)).is_none());
+        assert!(s.curve(Slot::new(3, 1)).is_none());
     }
 
     #[test]

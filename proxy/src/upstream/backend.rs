@@ -130,6 +130,10 @@ pub struct Slot {
 }
 
 impl Slot {
+    pub const fn new(index: u32, generation: u32) -> Self {
+        Slot { index, generation }
+    }
+
     fn bits(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
@@ -143,10 +147,7 @@ impl Slot {
 }
 
 /// [`BackendStats::slot`] of a server no pool has given a slot (it has no `ml` scores).
-pub const NO_SLOT: Slot = Slot {
-    index: u32::MAX,
-    generation: u32::MAX,
-};
+pub const NO_SLOT: Slot = Slot::new(u32::MAX, u32::MAX);
 
 /// What a backend last reported about its own load (ORCA); `None` where it never did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

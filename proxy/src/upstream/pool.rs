@@ -820,6 +820,16 @@ mod tests {
     }
 
     /// Publishes scores for `pool` as the scorer would: `ms(port)` per server.
+    /// A member has no curve in the latest scores (`why`): the fallback decides, with
+    /// `no_scores`, until a refresh scores every member; then the model does.
+    fn unscored_until_a_refresh(pool: &Pool, why: &str) {
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert_eq!(d, Decision::Fallback(Fallback::NoScores), "{why}");
+        publish(pool, clock::now_ns(), None, |_| 1.0);
+        let (_, d) = pool.select_decided(&[]).expect("pick");
+        assert!(matches!(d, Decision::Ml { .. }), "{why}: {d:?}");
+    }
+
     fn publish(pool: &Pool, at_ns: u64, failure: Option<Fallback>, ms: impl Fn(u16) -> f32) {
         let curves: Vec<_> = pool
             .members()
@@ -885,19 +895,8 @@ mod tests {
         publish(&pool, clock::now_ns(), None, |_| 1.0);
         let four = format!("{THREE}      - {{ id: d, address: 127.0.0.1:9004 }}\n");
         let added = pool.apply(&pool_cfg(&four, "    strategy: ml\n"));
-        assert_eq!(
-            added[0].slot(),
-            Slot {
-                index: 3,
-                generation: 0
-            },
-            "a new slot, never one in use"
-        );
-        let (_, d) = pool.select_decided(&[]).expect("pick");
-        assert_eq!(d, Decision::Fallback(Fallback::NoScores));
-        publish(&pool, clock::now_ns(), None, |_| 1.0);
-        let (_, d) = pool.select_decided(&[]).expect("pick");
-        assert!(matches!(d, Decision::Ml { .. }), "{d:?}");
+        assert_eq!(added[0].slot(), Slot::new(3, 0), "a new slot, never one in use");
+        unscored_until_a_refresh(&pool, "a new server");
 
         // A gone server's index goes to the next server that joins, under a new generation:
         // the tables stay as long as the most servers the pool had at once, and scores of
@@ -912,28 +911,11 @@ mod tests {
         let old_d = pool.members().get(&addr(9004)).expect("d").clone();
         let added = pool.apply(&pool_cfg(&with("e", 9005), "    strategy: ml\n"));
         assert!(old_d.is_gone());
-        assert_eq!(
-            added[0].slot(),
-            Slot {
-                index: 4,
-                generation: 0
-            }
-        );
+        assert_eq!(added[0].slot(), Slot::new(4, 0));
         // The latest scores still hold d's curve at index 3, generation 0.
         let added = pool.apply(&pool_cfg(&with("f", 9006), "    strategy: ml\n"));
-        assert_eq!(
-            added[0].slot(),
-            Slot {
-                index: 3,
-                generation: 1
-            },
-            "d's index, reused"
-        );
-        let (_, d) = pool.select_decided(&[]).expect("pick");
-        assert_eq!(d, Decision::Fallback(Fallback::NoScores), "d's curve is not f's");
-        publish(&pool, clock::now_ns(), None, |_| 1.0);
-        let (_, d) = pool.select_decided(&[]).expect("pick");
-        assert!(matches!(d, Decision::Ml { .. }), "{d:?}");
+        assert_eq!(added[0].slot(), Slot::new(3, 1), "d's index, reused");
+        unscored_until_a_refresh(&pool, "d's curve is not f's");
         let mut most = 0;
         for round in 0..50u16 {
             let added = pool.apply(&pool_cfg(&with("g", 9100 + round), "    strategy: ml\n"));
