@@ -178,15 +178,24 @@ impl Params {
     }
 
     /// Feeds the end of one attempt at a backend (its time to the response header, or to
-    /// the failure) into the backend's estimates; `rif` is [`InflightGuard::rif`].
+    /// the failure) into the backend's estimates; `rif` is [`InflightGuard::rif`]. In an
+    /// `ml` pool the level's previous average first fades for the time the backend went
+    /// without an answer ([`Load::idle_fade`]), so that the first answers of a server that
+    /// was avoided after an incident outweigh what it cost then; the other strategies keep
+    /// Prequal's plain average.
     pub fn observe(&self, load: &Load, rif: u32, rtt_ns: f64, failed: bool, now_ns: u64) {
         let alpha = self.prequal.latency_alpha();
+        let fade = if self.kind == StrategyKind::Ml {
+            load.idle_fade(now_ns, self.decay_ns)
+        } else {
+            1.0
+        };
         if failed {
             load.observe_failure(rtt_ns, now_ns);
-            load.observe_at_rif(rif, rtt_ns.max(self.failure_penalty_ns), alpha);
+            load.observe_at_rif(rif, rtt_ns.max(self.failure_penalty_ns), alpha, fade);
         } else {
             load.observe(rtt_ns, now_ns, self.decay_ns);
-            load.observe_at_rif(rif, rtt_ns, alpha);
+            load.observe_at_rif(rif, rtt_ns, alpha, fade);
         }
     }
 }

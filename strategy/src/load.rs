@@ -172,10 +172,12 @@ impl Load {
     /// was sent (`rif`, from its [`InflightGuard`]), weight `alpha` per attempt
     /// (`2 / (window + 1)` averages over about `window` attempts). The bucket's variance is
     /// kept with the same weight (West's incremental form), so that a reader can tell a
-    /// difference between two averages from noise.
-    pub fn observe_at_rif(&self, rif: u32, rtt_ns: f64, alpha: f64) {
+    /// difference between two averages from noise. The previous average counts `fade` times
+    /// its value (1: Prequal's plain average; see [`Load::idle_fade`]).
+    pub fn observe_at_rif(&self, rif: u32, rtt_ns: f64, alpha: f64, fade: f64) {
         let at = (rif as usize).min(RIF_BUCKETS - 1);
-        let prev = f64::from_bits(self.by_rif[at].load(Relaxed));
+        let raw = f64::from_bits(self.by_rif[at].load(Relaxed));
+        let prev = if raw == 0.0 { 0.0 } else { (raw * fade).max(1.0) };
         let (mean, var) = if prev == 0.0 {
             (rtt_ns, 0.0)
         } else {
@@ -185,6 +187,15 @@ impl Load {
         };
         self.by_rif[at].store(mean.max(1.0).to_bits(), Relaxed);
         self.by_rif_var[at].store(var.to_bits(), Relaxed);
+    }
+
+    /// `e^(−idle/decay)`, idle being the time since the backend's last observation (a
+    /// response or a failure): how much of what was measured before that pause still
+    /// describes the backend, as the latency estimate decays. About 1 for a backend that
+    /// answers all the time; it falls for one that was avoided, so that a server the `ml`
+    /// strategy kept away during an incident is not judged by the incident for ever.
+    pub fn idle_fade(&self, now_ns: u64, decay_ns: f64) -> f64 {
+        self.decayed(1.0, now_ns, decay_ns)
     }
 
     /// The level whose average answers for `rif`: `rif` itself when it has samples, else
@@ -214,6 +225,13 @@ impl Load {
     pub fn latency_at_rif_exact_ns(&self, rif: u32) -> Option<f64> {
         let at = (rif as usize).min(RIF_BUCKETS - 1);
         Some(f64::from_bits(self.by_rif[at].load(Relaxed))).filter(|&v| v != 0.0)
+    }
+
+    /// [`Load::latency_at_rif_ns`] decayed towards zero for the time since the backend's last
+    /// observation, as the latency estimate is ([`Load::idle_fade`]); the `ml` feature
+    /// `latency_rif_ms`.
+    pub fn latency_at_rif_decayed_ns(&self, rif: u32, now_ns: u64, decay_ns: f64) -> f64 {
+        self.decayed(self.latency_at_rif_ns(rif), now_ns, decay_ns)
     }
 
     /// [`Load::latency_at_rif_exact_ns`] decayed towards zero for the time since the

@@ -12,7 +12,11 @@
 //!    prices them), times a per-backend calibration ([`calibration`]): the ratio of what the
 //!    backend's recent attempts cost at the levels where it has samples to what the model
 //!    predicted there. A model trained on one fleet is thus scaled to this one, and a server
-//!    that drifts between retrainings is tracked.
+//!    that drifts between retrainings is tracked. What a server cost fades with the time it
+//!    goes without an answer (the pool's decay time, as the peak-EWMA estimate): in its
+//!    `latency_rif_ms` feature, in its calibration, and in the level averages its next
+//!    answers join ([`crate::Params::observe`]), so a server avoided during an incident is
+//!    tried again once the incident is old news instead of never.
 //! 3. On the request path, [`pick`] reads the curves (an immutable snapshot) with the
 //!    *current* requests in flight, never below what requests sent at that level recently
 //!    cost ([`cost_ns`]): Prequal's hot-cold rule (see the crate docs) with the
@@ -71,7 +75,7 @@ pub fn feature_row(load: &Load, weight: u32, inflight: u32, now_ns: u64, params:
         queue.unwrap_or(0) as f32,
         if queue.is_some() { 1.0 } else { 0.0 },
         (load.latency_estimate_ns(now_ns, params.decay_ns) / 1e6) as f32,
-        (load.latency_at_rif_ns(inflight) / 1e6) as f32,
+        (load.latency_at_rif_decayed_ns(inflight, now_ns, params.decay_ns) / 1e6) as f32,
         load.failure_rate(now_ns, params.decay_ns) as f32,
         weight as f32,
     ]
@@ -228,11 +232,15 @@ fn expected_cost_ns(latency_ms: f32, p_fail: f32, params: &Params) -> f64 {
     (1.0 - p) * f64::from(latency_ms) * 1e6 + p * params.failure_penalty_ns
 }
 
-/// The per-backend calibration factor: what the backend's recent attempts cost at the levels
-/// of requests in flight where it has samples ([`Load::latency_at_rif_exact_ns`], failures at
-/// the penalty), over what the model predicts there, each level weighted alike. 1 when the
-/// backend has no samples yet; clamped to [`CALIBRATION_RANGE`].
-pub fn calibration(load: &Load, latency_ms: &[f32], p_fail: &[f32], params: &Params) -> f64 {
+/// The per-backend calibration factor: what the backend's attempts cost at the levels of
+/// requests in flight where it has samples ([`Load::latency_at_rif_exact_ns`], failures at
+/// the penalty), over what the model predicts there, each level weighted alike, clamped to
+/// [`CALIBRATION_RANGE`]. That evidence counts as much as it is recent: the factor's
+/// logarithm is scaled by [`Load::idle_fade`], so a backend that answers all the time keeps
+/// its factor, and one that the pick avoided after an incident is judged by the model alone
+/// again after a while (half-way after about 0.7 × the decay time, 7 s by default) instead
+/// of by what it cost during the incident for ever. 1 when the backend has no samples yet.
+pub fn calibration(load: &Load, latency_ms: &[f32], p_fail: &[f32], params: &Params, now_ns: u64) -> f64 {
     let (mut seen, mut predicted) = (0.0, 0.0);
     for k in 0..CURVE_LEVELS.min(latency_ms.len()).min(p_fail.len()) {
         if let Some(measured) = load.latency_at_rif_exact_ns(k as u32) {
@@ -246,7 +254,8 @@ pub fn calibration(load: &Load, latency_ms: &[f32], p_fail: &[f32], params: &Par
     if predicted <= 0.0 || seen <= 0.0 {
         return 1.0;
     }
-    (seen / predicted).clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1)
+    let ratio = (seen / predicted).clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
+    (load.idle_fade(now_ns, params.decay_ns) * ratio.ln()).exp()
 }
 
 /// The `ml` strategy's decision parameters, a pool's `ml` settings.

@@ -644,7 +644,7 @@ mod ml_tests {
         let p = params(StrategyKind::Ml);
         let l = Load::new();
         l.observe(25e6, 1_000, p.decay_ns);
-        l.observe_at_rif(2, 40e6, 0.5);
+        l.observe_at_rif(2, 40e6, 0.5, 1.0);
         l.observe_failure(1e5, 1_000);
         l.report(3, 1_000);
         let r = ml::feature_row(&l, 2, 2, 1_000, &p, true);
@@ -660,7 +660,12 @@ mod ml_tests {
         let later = 1_000 + REPORT_TTL_NS + 1;
         let r = ml::feature_row(&l, 2, 0, later, &p, true);
         assert_eq!((r[1], r[2]), (0.0, 0.0), "an expired report is no report");
-        assert_eq!(r[4], 40.0, "level 0 borrows the nearest level with samples");
+        let faded = 40.0 * (-((later - 1_000) as f64) / p.decay_ns).exp();
+        assert!(
+            (f64::from(r[4]) - faded).abs() < 1e-3,
+            "level 0 borrows the nearest level with samples, faded for the second without an answer: {}",
+            r[4]
+        );
         let rows = ml::curve_rows(&l, 1, 1_000, &p, true);
         assert_eq!(rows.map(|r| r[0]), std::array::from_fn(|k| k as f32));
     }
@@ -734,15 +739,65 @@ mod ml_tests {
         let p = params(StrategyKind::Ml);
         let (lat, pf) = flat(10.0, 0.0, 0.0);
         let l = Load::new();
-        assert_eq!(ml::calibration(&l, &lat, &pf, &p), 1.0, "no samples");
-        l.observe_at_rif(0, 20e6, 1.0);
-        l.observe_at_rif(1, 20e6, 1.0);
-        assert!((ml::calibration(&l, &lat, &pf, &p) - 2.0).abs() < 1e-9);
-        l.observe_at_rif(0, 400e6, 1.0);
-        assert_eq!(ml::calibration(&l, &lat, &pf, &p), ml::CALIBRATION_RANGE.1);
+        assert_eq!(ml::calibration(&l, &lat, &pf, &p, 0), 1.0, "no samples");
+        l.observe_at_rif(0, 20e6, 1.0, 1.0);
+        l.observe_at_rif(1, 20e6, 1.0, 1.0);
+        assert!((ml::calibration(&l, &lat, &pf, &p, 0) - 2.0).abs() < 1e-9);
+        l.observe_at_rif(0, 400e6, 1.0, 1.0);
+        assert_eq!(ml::calibration(&l, &lat, &pf, &p, 0), ml::CALIBRATION_RANGE.1);
         let c = Curve::new(&lat, &pf, &p, 2.0).expect("curve");
         assert_eq!(c.cost_ns(0), 20e6);
         assert_eq!(c.predicted_us(0), 20e3);
+    }
+
+    /// What a backend cost counts as long as it keeps answering; once the pick avoids it (an
+    /// incident), the factor returns to 1 with the time without an answer, so the model
+    /// alone judges it again instead of the incident for ever.
+    #[test]
+    fn calibration_returns_to_the_model_while_a_backend_goes_unanswered() {
+        let p = params(StrategyKind::Ml);
+        let (lat, pf) = flat(10.0, 0.0, 0.0);
+        let l = Load::new();
+        let t0 = 1_000_000_000u64;
+        p.observe(&l, 0, 40e6, false, t0);
+        p.observe(&l, 1, 40e6, false, t0);
+        assert!(
+            (ml::calibration(&l, &lat, &pf, &p, t0) - 4.0).abs() < 1e-9,
+            "answering now"
+        );
+        let decay = p.decay_ns as u64;
+        let c = ml::calibration(&l, &lat, &pf, &p, t0 + decay);
+        assert!((c - 4f64.powf((-1f64).exp())).abs() < 1e-9, "one decay time later: {c}");
+        let c = ml::calibration(&l, &lat, &pf, &p, t0 + 20 * decay);
+        assert!((c - 1.0).abs() < 1e-6, "long unanswered: the model alone ({c})");
+    }
+
+    /// In an `ml` pool the first answer after a pause outweighs the average from before it
+    /// in proportion to the pause; `prequal` keeps its plain average.
+    #[test]
+    fn after_a_pause_an_ml_pool_lets_new_answers_outweigh_an_old_incident() {
+        let level_after = |kind: StrategyKind| {
+            let p = params(kind);
+            let l = Load::new();
+            for i in 0..50 {
+                p.observe(&l, 0, 1e6, true, i * 1_000_000);
+            }
+            let incident = l.latency_at_rif_ns(0);
+            assert!(
+                incident > 0.99 * p.failure_penalty_ns,
+                "failures at the penalty: {incident}"
+            );
+            let after = 49_000_000 + 6 * p.decay_ns as u64;
+            p.observe(&l, 0, 20e6, false, after);
+            (p, incident, l.latency_at_rif_ns(0))
+        };
+        let (p, incident, plain) = level_after(StrategyKind::Prequal);
+        let a = p.prequal.latency_alpha();
+        assert!((plain - ((1.0 - a) * incident + a * 20e6)).abs() < 1.0);
+        let (_, incident, faded) = level_after(StrategyKind::Ml);
+        let prev = incident * (-6f64).exp();
+        assert!((faded - ((1.0 - a) * prev + a * 20e6)).abs() < 1.0, "{faded}");
+        assert!(faded < plain / 50.0, "ml {faded} vs prequal {plain}");
     }
 
     fn ml_params(explore: f64) -> Params {
@@ -789,14 +844,14 @@ mod ml_tests {
         let f = Fleet::new(&[1, 1]);
         let curves = [curve(&p, 10.0, 0.0, 0.0), curve(&p, 20.0, 0.0, 0.0)];
         // The model thinks the first is cheap; its last requests at this level failed.
-        f.loads[0].observe_at_rif(0, p.failure_penalty_ns, 1.0);
+        f.loads[0].observe_at_rif(0, p.failure_penalty_ns, 1.0, 1.0);
         assert_eq!(ml::cost_ns(&curves[0], &f.loads[0], 0, &p), p.failure_penalty_ns);
         assert_eq!(
             ml::cost_ns(&curves[1], &f.loads[1], 0, &p),
             20e6,
             "no samples: the curve"
         );
-        f.loads[1].observe_at_rif(0, 5e6, 1.0);
+        f.loads[1].observe_at_rif(0, 5e6, 1.0, 1.0);
         assert_eq!(
             ml::cost_ns(&curves[1], &f.loads[1], 0, &p),
             20e6,

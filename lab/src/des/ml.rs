@@ -97,7 +97,7 @@ impl Scorer {
         for (b, load) in loads.iter().enumerate() {
             let at = b * CURVE_LEVELS..(b + 1) * CURVE_LEVELS;
             let (lat, pf) = (&scores.latency_ms[at.clone()], &scores.p_fail[at]);
-            let c = ml::calibration(load, lat, pf, params);
+            let c = ml::calibration(load, lat, pf, params, now_ns);
             self.curves[b] =
                 Curve::new(lat, pf, params, c).map(|cv| cv.with_scored_queue(ml::scored_queue(load, now_ns, true)));
         }

@@ -340,7 +340,7 @@ impl ScorerState {
         for (k, (i, s, params, queue)) in targets.iter().enumerate() {
             let at = k * CURVE_LEVELS..(k + 1) * CURVE_LEVELS;
             let (lat, pf) = (&a.latency_ms[at.clone()], &a.p_fail[at]);
-            let c = calibration(&s.load, lat, pf, params);
+            let c = calibration(&s.load, lat, pf, params, now);
             if let Some(curve) = Curve::new(lat, pf, params, c) {
                 per_pool[*i].push((s.slot(), curve.with_scored_queue(*queue)));
             }
