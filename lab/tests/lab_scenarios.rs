@@ -27,6 +27,21 @@ const SCENARIOS: [&str; 7] = [
 /// Most requests per second the lab should offer on a 2-core machine.
 const MAX_RPS: f64 = 1500.0;
 
+/// The model-only scenarios of `docs/bench/ml/unseen/` (fleets the shipped model was not
+/// trained on, run with `--simulate` for `docs/benchmarks.md`) parse and validate, each file
+/// named after its scenario and saying what it tests.
+#[test]
+fn the_model_only_scenarios_of_the_benchmarks_parse() {
+    let unseen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/ml/unseen");
+    let loaded = lab::load_scenarios(&[unseen]).expect("every file parses and validates");
+    assert_eq!(loaded.len(), 7);
+    for (file, s) in &loaded {
+        let stem = file.file_stem().and_then(|f| f.to_str()).expect("file name");
+        assert_eq!(stem, s.name, "file name and name differ");
+        assert!(!s.description.is_empty(), "{stem}: no description");
+    }
+}
+
 #[test]
 fn every_scenario_parses_validates_and_fits_the_machine() {
     let loaded = lab::load_scenarios(&[dir()]).expect("every scenario file parses and validates");
