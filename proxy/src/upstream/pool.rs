@@ -819,7 +819,6 @@ mod tests {
         crate::strategy::ml::Curve::new(&vec![ms; levels], &vec![0.0; levels], &params, 1.0).expect("finite")
     }
 
-    /// Publishes scores for `pool` as the scorer would: `ms(port)` per server.
     /// A member has no curve in the latest scores (`why`): the fallback decides, with
     /// `no_scores`, until a refresh scores every member; then the model does.
     fn unscored_until_a_refresh(pool: &Pool, why: &str) {
@@ -830,6 +829,7 @@ mod tests {
         assert!(matches!(d, Decision::Ml { .. }), "{why}: {d:?}");
     }
 
+    /// Publishes scores for `pool` as the scorer would: `ms(port)` per server.
     fn publish(pool: &Pool, at_ns: u64, failure: Option<Fallback>, ms: impl Fn(u16) -> f32) {
         let curves: Vec<_> = pool
             .members()
